@@ -1,0 +1,40 @@
+"""Install ultralytics-prune: `pip install .` or `pip install -e .`.
+
+`patches/` and `cfg/` live at the top level of the repository (see DESIGN.md) and are installed as
+`ultralytics_prune.patches` and `ultralytics_prune.cfg` through `package_dir`.
+"""
+
+from setuptools import setup
+
+setup(
+    name="ultralytics-prune",
+    version="0.1.0",
+    description="Structured pruning (DepGraph) and Network Slimming for Ultralytics YOLO",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["ultralytics_prune", "ultralytics_prune.patches", "ultralytics_prune.cfg"],
+    package_dir={
+        "ultralytics_prune": "ultralytics_prune",
+        "ultralytics_prune.patches": "patches",
+        "ultralytics_prune.cfg": "cfg",
+    },
+    package_data={"ultralytics_prune.cfg": ["*.yaml"]},
+    install_requires=[
+        "ultralytics>=8.4.190,<8.5",
+        "torch>=2.0",
+        "torch-pruning>=1.6.1,<1.7",
+        "onnx>=1.14",
+        "onnxslim>=0.1.71",
+        "onnxruntime-gpu>=1.18",
+        "pyyaml>=5.3",
+        "tqdm>=4.64",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "yolo=ultralytics_prune.cli:entrypoint",
+            "yolo-prune=ultralytics_prune.cli:entrypoint",
+        ]
+    },
+)
