@@ -1,3 +1,7 @@
 """ultralytics-prune: structured pruning and Network Slimming for Ultralytics YOLO."""
 
 __version__ = "0.1.0"
+
+from ultralytics_prune.model import YOLOPrune
+
+__all__ = ("YOLOPrune", "__version__")

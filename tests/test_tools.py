@@ -1,0 +1,348 @@
+"""Tests for tools/make_dataset.py (synthetic YOLO set) and tools/voc2yolo.py (Pascal VOC -> YOLO). CPU, fast."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tools.voc2yolo as voc2yolo  # noqa: E402
+from tools.make_dataset import SHAPES, draw_shape_mask, make_synthetic_dataset, mask_to_box  # noqa: E402
+from tools.make_dataset import main as make_main  # noqa: E402
+from tools.voc2yolo import convert_voc, split_indices, voc_box_to_yolo  # noqa: E402
+
+
+@pytest.fixture
+def no_font_download(monkeypatch):
+    """check_det_dataset ends with check_font(), which may try the network; nothing may download in tests."""
+    import ultralytics.data.utils as data_utils
+
+    monkeypatch.setattr(data_utils, "check_font", lambda *a, **k: None)
+    return data_utils.check_det_dataset
+
+
+def _files(root: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
+def _read_labels(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in _files(root, "**/*")}
+
+
+def _set_digest(root: Path) -> dict[str, str]:
+    """Digests of a synthetic set's images (keyed by name) and labels (keyed 'l/<name>'); data.yaml left out."""
+    return {**_tree_digest(root / "images"), **{f"l/{k}": v for k, v in _tree_digest(root / "labels").items()}}
+
+
+# ----------------------------------------------------------------------------------------------- synthetic dataset
+def test_synthetic_layout_and_labels(tmp_path):
+    nc = 5
+    yaml_file = make_synthetic_dataset(tmp_path / "syn", n_train=6, n_val=3, imgsz=64, nc=nc, max_objects=4, seed=3)
+    root = tmp_path / "syn"
+    assert yaml_file == root.resolve() / "data.yaml" and yaml_file.is_file()
+    data = yaml.safe_load(yaml_file.read_text())
+    assert data["path"] == str(root.resolve()) and Path(data["path"]).is_absolute()
+    assert data["train"] == "images/train" and data["val"] == "images/val"
+    assert data["names"] == {i: SHAPES[i] for i in range(nc)}
+    assert data["synthetic"]["seed"] == 3 and data["synthetic"]["nc"] == nc
+    for split, n in (("train", 6), ("val", 3)):
+        images, labels = _files(root / "images" / split, "*"), _files(root / "labels" / split, "*.txt")
+        assert len(images) == len(labels) == n
+        assert [p.stem for p in images] == [p.stem for p in labels]
+        for img_path, lbl_path in zip(images, labels):
+            img = cv2.imread(str(img_path))
+            assert img is not None and img.shape == (64, 64, 3)
+            rows = _read_labels(lbl_path)
+            assert 1 <= len(rows) <= 4, f"{lbl_path} has {len(rows)} objects"
+            for row in rows:
+                assert len(row) == 5
+                assert 0 <= int(row[0]) < nc
+                cx, cy, w, h = map(float, row[1:])
+                assert all(0 < v <= 1 for v in (cx, cy, w, h)), row
+                assert cx - w / 2 >= -1e-6 and cx + w / 2 <= 1 + 1e-6  # inside the image
+                assert cy - h / 2 >= -1e-6 and cy + h / 2 <= 1 + 1e-6
+                assert all(len(v.split(".")[1]) == 6 for v in row[1:])  # 6 decimals
+                assert 0.05 < w < 0.6 and 0.05 < h < 0.6  # roughly 15%-45% of the image, some clipped
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shape_box_is_tight_and_clipped(shape):
+    # the shape sticks out over the right and bottom border: the box must stop at the border and touch the shape
+    mask = draw_shape_mask(shape, 64, cx=58.0, cy=55.0, a=12.0, b=14.0)
+    cx, cy, w, h = mask_to_box(mask)
+    x0, x1 = round((cx - w / 2) * 64), round((cx + w / 2) * 64)
+    y0, y1 = round((cy - h / 2) * 64), round((cy + h / 2) * 64)
+    assert x1 == 64 and y1 == 64  # every shape reaches past 70 px: clipped at the border
+    assert 0 <= x0 < x1 and 0 <= y0 < y1
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (x0, x1, y0, y1)  # tight around the drawn pixels
+    assert mask_to_box(np.zeros((8, 8), bool)) is None
+
+
+def test_mask_to_box_exact():
+    mask = np.zeros((40, 80), bool)
+    mask[10:20, 8:48] = True  # rows 10..19, cols 8..47
+    assert mask_to_box(mask) == pytest.approx((28 / 80, 15 / 40, 40 / 80, 10 / 40))
+
+
+def test_synthetic_deterministic(tmp_path):
+    kw = dict(n_train=4, n_val=2, imgsz=64, nc=3)
+    a = make_synthetic_dataset(tmp_path / "a", seed=0, **kw).parent
+    b = make_synthetic_dataset(tmp_path / "b", seed=0, **kw).parent
+    c = make_synthetic_dataset(tmp_path / "c", seed=1, **kw).parent
+    da, db, dc = (_set_digest(r) for r in (a, b, c))
+    assert len(da) == 12 and da == db  # bit-identical images and labels
+    assert da.keys() == dc.keys()
+    assert all(da[k] != dc[k] for k in da if k.startswith("train") or k.startswith("val"))  # every image differs
+
+
+def test_synthetic_reuse_and_regenerate(tmp_path):
+    root = tmp_path / "syn"
+    yaml_file = make_synthetic_dataset(root, n_train=3, n_val=2, imgsz=32, seed=0)
+    first_img = root / "images" / "train" / "train_00000.jpg"
+    stamps = (yaml_file.stat().st_mtime_ns, first_img.stat().st_mtime_ns)
+    assert make_synthetic_dataset(root, n_train=3, n_val=2, imgsz=32, seed=0) == yaml_file
+    assert (yaml_file.stat().st_mtime_ns, first_img.stat().st_mtime_ns) == stamps  # skipped, nothing rewritten
+
+    make_synthetic_dataset(root, n_train=2, n_val=1, imgsz=32, seed=0)  # other parameters: regenerated
+    assert len(_files(root / "images" / "train", "*")) == 2 and len(_files(root / "labels" / "train", "*")) == 2
+    assert len(_files(root / "images" / "val", "*")) == 1
+    assert yaml.safe_load(yaml_file.read_text())["synthetic"]["n_train"] == 2
+    assert not list(root.glob(".synthetic-*")) and not (root / "data.yaml.tmp").exists()
+
+    (root / "images" / "train" / "train_00001.jpg").unlink()  # damaged set with matching data.yaml is rebuilt
+    make_synthetic_dataset(root, n_train=2, n_val=1, imgsz=32, seed=0)
+    assert (root / "images" / "train" / "train_00001.jpg").is_file()
+
+
+def test_synthetic_refuses_foreign_dataset(tmp_path):
+    root = tmp_path / "user"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "train" / "mine.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not made by this tool"):
+        make_synthetic_dataset(root, n_train=1, n_val=1, imgsz=32)
+    assert (root / "images" / "train" / "mine.jpg").read_bytes() == b"x"
+
+
+def test_check_det_dataset_accepts_synthetic(tmp_path, no_font_download):
+    yaml_file = make_synthetic_dataset(tmp_path / "syn", n_train=2, n_val=1, imgsz=32, nc=4)
+    data = no_font_download(str(yaml_file))
+    assert data["nc"] == 4
+    assert data["names"] == {0: "square", 1: "circle", 2: "triangle", 3: "cross"}
+    assert Path(data["train"]) == (tmp_path / "syn" / "images" / "train").resolve()
+    assert Path(data["val"]).is_dir()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_train=0), "n_train=0 .*>= 1.*--n-train"),
+        (dict(n_val=0), "n_val=0 .*--n-val"),
+        (dict(imgsz=16), "imgsz=16 .*>= 32.*--imgsz"),
+        (dict(nc=0), "nc=0 .*between 1 and 8.*--nc"),
+        (dict(nc=len(SHAPES) + 1), "nc=9 .*between 1 and 8"),
+        (dict(max_objects=0), "max_objects=0"),
+        (dict(imgsz=64.0), "imgsz=64.0 .*integer"),
+    ],
+)
+def test_synthetic_bad_args(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match) as e:
+        make_synthetic_dataset(tmp_path / "bad", **kwargs)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "bad").exists()  # validated before anything is written
+
+
+def test_make_dataset_cli(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert make_main(["--out", str(out), "--n-train", "2", "--n-val", "1", "--imgsz", "32", "--nc", "2"]) == 0
+    assert capsys.readouterr().out.strip() == str(out.resolve() / "data.yaml")
+    assert make_main(["--out", str(tmp_path / "x"), "--nc", "0"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------------- VOC -> YOLO
+def _voc_xml(filename: str, size: tuple[int, int] | None, objects: list[tuple]) -> str:
+    """Hand-written VOC XML. objects: (name, xmin, ymin, xmax, ymax[, difficult])."""
+    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
+    objs = "".join(
+        f"<object><name>{o[0]}</name><pose>Unspecified</pose><difficult>{o[5] if len(o) > 5 else 0}</difficult>"
+        f"<bndbox><xmin>{o[1]}</xmin><ymin>{o[2]}</ymin><xmax>{o[3]}</xmax><ymax>{o[4]}</ymax></bndbox></object>"
+        for o in objects
+    )
+    return f"<annotation><folder>VOC</folder><filename>{filename}</filename>{size_xml}{objs}</annotation>"
+
+
+# name: (width, height, write <size>, objects)
+VOC_SAMPLES = {
+    "img0": (100, 50, True, [("cat", 11, 6, 60, 30)]),
+    "img1": (80, 60, True, [("dog", 1, 1, 80, 60), ("cat", 50, 40, 95, 70)]),  # 2nd box sticks out: clipped
+    "img2": (64, 64, True, [("horse", 5, 5, 20, 20), ("dog", 10, 10, 30, 40, 1)]),  # unknown class, difficult
+    "img3": (90, 40, True, []),  # background image
+    "img4": (40, 80, False, [("cat", 1, 41, 40, 80)]),  # no <size>: read from the image
+}
+
+
+def _make_voc(root: Path, flat: bool = False) -> Path:
+    ann, jpg = (root, root) if flat else (root / "Annotations", root / "JPEGImages")
+    ann.mkdir(parents=True, exist_ok=True)
+    jpg.mkdir(parents=True, exist_ok=True)
+    for i, (name, (w, h, with_size, objects)) in enumerate(VOC_SAMPLES.items()):
+        cv2.imwrite(str(jpg / f"{name}.jpg"), np.full((h, w, 3), 40 * i, np.uint8))
+        (ann / f"{name}.xml").write_text(_voc_xml(f"{name}.jpg", (w, h) if with_size else None, objects))
+    return root
+
+
+def _labels_by_stem(out: Path) -> dict[str, list[list[str]]]:
+    return {p.stem: _read_labels(p) for p in _files(out / "labels", "*/*.txt")}
+
+
+def test_voc_box_math_exact():
+    # 1-based inclusive VOC pixels: edges are xmin-1 .. xmax, so x 10..60 of 100 and y 5..30 of 50
+    assert voc_box_to_yolo((11, 6, 60, 30), 100, 50) == pytest.approx((0.35, 0.35, 0.5, 0.5))
+    assert voc_box_to_yolo((1, 1, 100, 50), 100, 50) == pytest.approx((0.5, 0.5, 1.0, 1.0))  # full image
+    assert voc_box_to_yolo((-9, 41, 120, 70), 100, 50) == pytest.approx((0.5, 0.9, 1.0, 0.2))  # clipped
+    assert voc_box_to_yolo((120, 5, 130, 20), 100, 50) is None  # entirely outside
+
+
+def test_voc_convert(tmp_path, no_font_download):
+    voc = _make_voc(tmp_path / "voc")
+    yaml_file = convert_voc(voc, tmp_path / "out", val_ratio=0.4, seed=0)
+    out = tmp_path / "out"
+    assert yaml_file == out.resolve() / "data.yaml"
+    data = yaml.safe_load(yaml_file.read_text())
+    assert data["names"] == {0: "cat", 1: "dog", 2: "horse"}  # sorted set of all names found
+    assert data["path"] == str(out.resolve()) and data["val"] == "images/val"
+
+    labels = _labels_by_stem(out)
+    assert labels["img0"] == [["0", "0.350000", "0.350000", "0.500000", "0.500000"]]
+    assert labels["img1"] == [
+        ["1", "0.500000", "0.500000", "1.000000", "1.000000"],
+        ["0", "0.806250", "0.825000", "0.387500", "0.350000"],  # edges x 49..80, y 39..60 after clipping
+    ]
+    assert labels["img2"] == [["2", "0.187500", "0.187500", "0.250000", "0.250000"], ["1"] + labels["img2"][1][1:]]
+    assert labels["img3"] == []  # background image: empty label file
+    assert labels["img4"] == [["0", "0.500000", "0.750000", "1.000000", "0.500000"]]  # size read from the image
+
+    # split sizes: round(5 * 0.4) = 2 val, 3 train; images and labels pair up; images copied byte for byte
+    for split, n in (("train", 3), ("val", 2)):
+        imgs, lbls = _files(out / "images" / split, "*"), _files(out / "labels" / split, "*.txt")
+        assert len(imgs) == len(lbls) == n and [p.stem for p in imgs] == [p.stem for p in lbls]
+        for p in imgs:
+            assert p.read_bytes() == (voc / "JPEGImages" / p.name).read_bytes()
+    assert set(labels) == set(VOC_SAMPLES)
+
+    checked = no_font_download(str(yaml_file))
+    assert checked["nc"] == 3 and checked["names"] == {0: "cat", 1: "dog", 2: "horse"}
+
+
+def test_voc_split_deterministic_and_nonempty(tmp_path):
+    voc = _make_voc(tmp_path / "voc")
+
+    def val_stems(out: str, **kw) -> set[str]:
+        convert_voc(voc, tmp_path / out, **kw)
+        return {p.stem for p in _files(tmp_path / out / "images" / "val", "*")}
+
+    assert val_stems("a", val_ratio=0.4, seed=7) == val_stems("b", val_ratio=0.4, seed=7)
+    assert len({frozenset(split_indices(5, 0.4, s)[1]) for s in range(10)}) > 1  # the seed changes the split
+    assert len(val_stems("tiny", val_ratio=0.01)) == 1  # at least one val image
+    assert len(_files(tmp_path / "tiny" / "images" / "train", "*")) == 4
+    assert split_indices(2, 0.9, 0) == ([0], [1]) or split_indices(2, 0.9, 0) == ([1], [0])  # at least one train
+    assert split_indices(10, 0.0, 0) == (list(range(10)), [])
+
+
+def test_voc_val_ratio_zero_uses_train(tmp_path):
+    yaml_file = convert_voc(_make_voc(tmp_path / "voc"), tmp_path / "out", val_ratio=0.0)
+    assert yaml.safe_load(yaml_file.read_text())["val"] == "images/train"
+    assert len(_files(tmp_path / "out" / "images" / "train", "*")) == 5
+
+
+def test_voc_unknown_classes_skipped_with_one_warning(tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(voc2yolo.LOGGER, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    voc = _make_voc(tmp_path / "voc")
+    yaml_file = convert_voc(voc, tmp_path / "out", classes=["dog", "cat"], skip_difficult=True)
+    assert yaml.safe_load(yaml_file.read_text())["names"] == {0: "dog", 1: "cat"}
+    labels = _labels_by_stem(tmp_path / "out")
+    assert labels["img0"] == [["1", "0.350000", "0.350000", "0.500000", "0.500000"]]  # ids follow the given order
+    assert labels["img2"] == []  # horse is unknown, the dog is difficult and skipped
+    assert len(warnings) == 1 and "horse" in warnings[0] and "1 object" in warnings[0]
+
+
+def test_voc_flat_layout(tmp_path):
+    voc = _make_voc(tmp_path / "flat", flat=True)
+    yaml_file = convert_voc(voc, tmp_path / "out", val_ratio=0.2)
+    assert len(_files(tmp_path / "out" / "images", "*/*")) == 5
+    assert _labels_by_stem(yaml_file.parent)["img0"] == [["0", "0.350000", "0.350000", "0.500000", "0.500000"]]
+
+
+def test_voc_corrupt_xml_names_file_and_leaves_nothing(tmp_path):
+    voc = _make_voc(tmp_path / "voc")
+    bad = voc / "Annotations" / "img2.xml"
+    bad.write_text("<annotation><filename>img2.jpg</filename><object><name>cat</name>")  # truncated
+    before = _tree_digest(voc)
+    with pytest.raises(ValueError, match=r"corrupt XML annotation .*img2\.xml") as e:
+        convert_voc(voc, tmp_path / "out" / "voc_yolo")
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voc"]  # all XMLs are checked before writing anything
+    assert _tree_digest(voc) == before
+
+
+def test_voc_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    voc = _make_voc(tmp_path / "voc")
+    calls, real_copy = [], shutil.copyfile
+
+    def flaky_copy(src, dst):
+        calls.append(src)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(voc2yolo.shutil, "copyfile", flaky_copy)
+    with pytest.raises(OSError, match="disk full"):
+        convert_voc(voc, tmp_path / "out" / "voc_yolo")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the output nor the temp folder is left
+
+
+def test_voc_inputs_untouched(tmp_path):
+    voc = _make_voc(tmp_path / "voc")
+    before = _tree_digest(voc)
+    convert_voc(voc, tmp_path / "out", val_ratio=0.4)
+    assert _tree_digest(voc) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "voc"]  # no temp folder left behind
+
+
+def test_voc_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        convert_voc(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .xml annotation files"):
+        convert_voc(tmp_path / "empty", tmp_path / "out")
+    voc = _make_voc(tmp_path / "voc")
+    for ratio in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"val_ratio=.* \[0, 1\)"):
+            convert_voc(voc, tmp_path / "out", val_ratio=ratio)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_voc(voc, tmp_path / "taken")
+    assert not (tmp_path / "out").exists()
+
+
+def test_voc2yolo_cli(tmp_path, capsys):
+    voc = _make_voc(tmp_path / "voc")
+    out = tmp_path / "cli"
+    assert voc2yolo.main([str(voc), "--out", str(out), "--val-ratio", "0.2", "--classes", "cat,dog"]) == 0
+    assert capsys.readouterr().out.strip() == str(out.resolve() / "data.yaml")
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "cat", 1: "dog"}
+    assert voc2yolo.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2

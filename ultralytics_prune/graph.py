@@ -1,0 +1,174 @@
+"""Channel dependency graph of an Ultralytics detection model, built with torch-pruning (DepGraph).
+
+The graph answers one question for both recipes: which channels may be removed together. Three Ultralytics
+details need care when tracing:
+
+- the Detect head's last convolutions have a channel count fixed by the classes and the box coding: held;
+- attention blocks reshape channels into heads; tracing through them makes torch-pruning's index mapping grow
+  without bound, so each `Attention` is traced as one opaque layer whose channels are held whole;
+- YOLO26's end-to-end head feeds its one-to-one branch from `x.detach()` in training mode; tracing is done in
+  eval mode on the raw head outputs of both branches, so both stay coupled to the backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.pruner.function import BasePruningFunc
+from ultralytics.nn.modules import Detect
+from ultralytics.nn.modules.block import AAttn, Attention
+
+ATTENTION_TYPES = (Attention, AAttn)
+
+
+class HeldAttentionPruner(BasePruningFunc):
+    """Pruning rule for an attention layer held whole: it reports its channels and never removes any.
+
+    Groups that would remove channels of a held layer are skipped by `prunable_groups`, so the prune functions
+    are never reached in normal use; they raise to make a wrong call loud instead of silently breaking heads.
+    """
+
+    TARGET_MODULES = ATTENTION_TYPES
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        """Refuse: the channels of a held attention layer are fixed by its heads."""
+        raise RuntimeError(f"{type(layer).__name__} is held whole and cannot lose channels")
+
+    prune_in_channels = prune_out_channels  # in and out channels are one dimension (residual around the layer)
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        """Number of output channels (the projection's)."""
+        return layer.proj.conv.out_channels
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        """Number of input channels (the qkv convolution's)."""
+        return layer.qkv.conv.in_channels
+
+
+def _opaque_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook that makes a module's output depend on its input through one element-wise op only.
+
+    The value is unchanged; autograd sees `x * 0 + y.detach()`, so the trace couples the module's input and output
+    channels one to one and never walks its internal reshapes.
+    """
+    return inputs[0] * 0 + output.detach()
+
+
+def detect_heads(model: nn.Module) -> list[nn.Module]:
+    """Return every Detect-family head (Detect, Segment, Pose, OBB and their YOLO26 variants) in the model."""
+    return [m for m in model.modules() if isinstance(m, Detect)]
+
+
+def head_output_convs(model: nn.Module) -> list[nn.Module]:
+    """Return the output convolutions of the heads, whose channel count is fixed by classes and box coding."""
+    held = []
+    for head in detect_heads(model):
+        for name in ("cv2", "cv3", "cv4", "one2one_cv2", "one2one_cv3", "one2one_cv4"):
+            branches = getattr(head, name, None)
+            if isinstance(branches, nn.ModuleList):
+                held.extend(branch[-1] if isinstance(branch, nn.Sequential) else branch for branch in branches)
+        if isinstance(getattr(head, "dfl", None), nn.Module):
+            held.append(head.dfl)
+    return held
+
+
+def held_layers(model: nn.Module, extra: Iterable[nn.Module] = ()) -> list[nn.Module]:
+    """Layers whose output channels must not change: head outputs, attention layers and any `extra` ones."""
+    return head_output_convs(model) + [m for m in model.modules() if isinstance(m, ATTENTION_TYPES)] + list(extra)
+
+
+def _raw_head_outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Forward in eval mode and return the raw box/score tensors of every head branch (no decoding)."""
+    out = model(images)
+    preds = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else out
+    tensors = []
+
+    def collect(obj):
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if key != "feats":
+                    collect(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                collect(value)
+        elif isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+
+    collect(preds)
+    return tensors
+
+
+def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
+    """Trace `model` into a torch-pruning dependency graph.
+
+    Args:
+        model (nn.Module): An Ultralytics detection model (`DetectionModel`), on any device.
+        imgsz (int): Side of the square example input used for tracing; any multiple of the largest stride works.
+
+    Returns:
+        (tp.DependencyGraph): The graph; the model is left in eval mode with gradients enabled on all parameters.
+    """
+    device = next(model.parameters()).device
+    for p in model.parameters():
+        p.requires_grad_(True)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
+    hooks = [m.register_forward_hook(_opaque_output) for m in model.modules() if isinstance(m, ATTENTION_TYPES)]
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=torch.zeros(1, 3, imgsz, imgsz, device=device),
+                forward_fn=_raw_head_outputs,
+                customized_pruners={t: HeldAttentionPruner() for t in ATTENTION_TYPES},
+                verbose=False,
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+    return graph
+
+
+def prunable_groups(
+    graph: tp.DependencyGraph, held: Sequence[nn.Module], root_types: tuple = (nn.Conv2d,)
+) -> Iterator[tp.Group]:
+    """Yield every group of coupled channels that can be removed without touching a held layer."""
+    yield from graph.get_all_groups(ignored_layers=list(held), root_module_types=root_types)
+
+
+def prunable_batchnorms(model: nn.Module, imgsz: int = 64) -> list[nn.BatchNorm2d]:
+    """Return the BatchNorm layers whose channels the dependency graph allows to remove.
+
+    A BatchNorm is prunable when it sits in a group of coupled channels (through residual adds, concat and split)
+    that touches no held layer. The graph is traced on a copy with the prunable block twins swapped in, because
+    torch-pruning cannot follow the `chunk`/`split` of the originals; a split BatchNorm of an original block is
+    prunable when either of its twin halves is. The model itself is not modified.
+
+    Args:
+        model (nn.Module): The model to analyse.
+        imgsz (int): Side of the example input used for tracing.
+
+    Returns:
+        (list[nn.BatchNorm2d]): The prunable BatchNorm layers of `model`, in module order.
+    """
+    from ultralytics_prune.patches.blocks import TWINS, replace_blocks
+
+    probe = copy.deepcopy(model).float()
+    replace_blocks(probe)
+    graph = build_graph(probe, imgsz)
+    found = set()
+    for group in prunable_groups(graph, held_layers(probe)):
+        found.update(dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.BatchNorm2d))
+    prunable_names = {name for name, m in probe.named_modules() if m in found}
+
+    aliases = {}  # original split BatchNorm name -> names of its halves in the twin
+    for name, block in model.named_modules():
+        if type(block) in TWINS:
+            aliases[f"{name}.cv1.bn"] = (f"{name}.cv0.bn", f"{name}.cv1.bn")
+    return [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d) and prunable_names.intersection(aliases.get(name, (name,)))
+    ]
