@@ -84,10 +84,24 @@ def run(args: list[str]) -> None:
             LOGGER.warning(f"'model' argument is missing. Using default 'model={model}'.")
         if overrides.get("data") is None and not overrides.get("resume"):
             raise ValueError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
-    elif model is None:
+    elif model is None and not overrides.get("resume"):
         raise ValueError(f"'model' argument is missing: pass a trained checkpoint, e.g. 'yolo {mode} model=best.pt'")
     get_prune_cfg(overrides={**overrides, "model": model, "mode": mode})  # fail early, before anything is written
-    getattr(YOLOPrune(model, task=task), mode)(**overrides)
+    if mode == "train":
+        YOLOPrune(model, task=task).train(**overrides)
+    else:
+        recipe_class(mode)({**overrides, "model": model})()
+
+
+def recipe_class(mode: str):
+    """The class that runs `yolo prune` or `yolo slim`."""
+    if mode == "prune":
+        from ultralytics_prune.pruner import DepGraphPruner
+
+        return DepGraphPruner
+    from ultralytics_prune.slim import NetworkSlimmer
+
+    return NetworkSlimmer
 
 
 def entrypoint(debug: str = "") -> None:

@@ -13,6 +13,7 @@ details need care when tracing:
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -49,6 +50,17 @@ class HeldAttentionPruner(BasePruningFunc):
         return layer.qkv.conv.in_channels
 
 
+@contextmanager
+def opaque_attention(model: nn.Module) -> Iterator[None]:
+    """While active, every attention layer of `model` looks to a trace like one element-wise op (see `_opaque_output`)."""
+    hooks = [m.register_forward_hook(_opaque_output) for m in model.modules() if isinstance(m, ATTENTION_TYPES)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _opaque_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
     """Forward hook that makes a module's output depend on its input through one element-wise op only.
 
@@ -76,12 +88,17 @@ def head_output_convs(model: nn.Module) -> list[nn.Module]:
     return held
 
 
+def attention_pruners() -> dict:
+    """torch-pruning rules for the layer types traced as opaque (attention held whole)."""
+    return {t: HeldAttentionPruner() for t in ATTENTION_TYPES}
+
+
 def held_layers(model: nn.Module, extra: Iterable[nn.Module] = ()) -> list[nn.Module]:
     """Layers whose output channels must not change: head outputs, attention layers and any `extra` ones."""
     return head_output_convs(model) + [m for m in model.modules() if isinstance(m, ATTENTION_TYPES)] + list(extra)
 
 
-def _raw_head_outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+def raw_head_outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """Forward in eval mode and return the raw box/score tensors of every head branch (no decoding)."""
     out = model(images)
     preds = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else out
@@ -115,20 +132,14 @@ def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
     device = next(model.parameters()).device
     for p in model.parameters():
         p.requires_grad_(True)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
-    hooks = [m.register_forward_hook(_opaque_output) for m in model.modules() if isinstance(m, ATTENTION_TYPES)]
-    try:
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
-                model,
-                example_inputs=torch.zeros(1, 3, imgsz, imgsz, device=device),
-                forward_fn=_raw_head_outputs,
-                customized_pruners={t: HeldAttentionPruner() for t in ATTENTION_TYPES},
-                verbose=False,
-            )
-    finally:
-        for h in hooks:
-            h.remove()
-    return graph
+    with opaque_attention(model), torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=torch.zeros(1, 3, imgsz, imgsz, device=device),
+            forward_fn=raw_head_outputs,
+            customized_pruners=attention_pruners(),
+            verbose=False,
+        )
 
 
 def prunable_groups(

@@ -25,3 +25,30 @@ class YOLOPrune(YOLO):
         task_map = super().task_map
         task_map["detect"] = {**task_map["detect"], "trainer": SparsityTrainer}
         return task_map
+
+    def _recipe_overrides(self, kwargs: dict) -> dict:
+        """The checkpoint path of this model plus the user's keys."""
+        model = kwargs.pop("model", None) or getattr(self.model, "pt_path", None) or self.ckpt_path
+        if not model or not str(model).endswith(".pt"):
+            raise ValueError("pruning needs a trained checkpoint: load one, e.g. YOLOPrune('best.pt').prune(data=...)")
+        return {"data": self.overrides.get("data"), **kwargs, "model": str(model)}
+
+    def prune(self, **kwargs) -> YOLOPrune:
+        """DepGraph iterative pruning with fine-tuning (`yolo prune`); returns a `YOLOPrune` of the pruned model.
+
+        Args:
+            **kwargs: Ultralytics and ultralytics-prune keys, e.g. `data`, `rate`, `iterative_steps`, `epochs`.
+        """
+        from ultralytics_prune.pruner import DepGraphPruner
+
+        return YOLOPrune(str(DepGraphPruner(self._recipe_overrides(kwargs))()))
+
+    def slim(self, **kwargs) -> YOLOPrune:
+        """Network Slimming by BatchNorm gamma with fine-tuning (`yolo slim`); returns a `YOLOPrune` of the result.
+
+        Args:
+            **kwargs: Ultralytics and ultralytics-prune keys, e.g. `data`, `rate` or `threshold`, `epochs`.
+        """
+        from ultralytics_prune.slim import NetworkSlimmer
+
+        return YOLOPrune(str(NetworkSlimmer(self._recipe_overrides(kwargs))()))

@@ -1,0 +1,162 @@
+"""Numbers a pruning run reports: MACs, parameters, measured latency, ONNX check, CSV table and plot."""
+
+from __future__ import annotations
+
+import csv
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from ultralytics.utils import LOGGER, colorstr
+
+PREFIX = colorstr("prune: ")
+
+
+def model_example_input(model: nn.Module, imgsz: int) -> torch.Tensor:
+    """A zero image batch of one on the model's device."""
+    return torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
+
+
+def count_macs_params(model: nn.Module, imgsz: int) -> tuple[float, int]:
+    """Return (MACs, parameters) of `model` for one `imgsz` x `imgsz` image (eval mode, model left unchanged)."""
+    probe = deepcopy(model).eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(probe, model_example_input(probe, imgsz))
+    return float(macs), int(params)
+
+
+def measure_latency(model: nn.Module, imgsz: int, runs: int = 20, warmup: int = 3) -> float:
+    """Median CPU latency in milliseconds of the fused model on one image (PyTorch, eval, no grad)."""
+    probe = deepcopy(model).float().cpu().eval()
+    probe = probe.fuse() if hasattr(probe, "fuse") else probe
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            t = time.perf_counter()
+            probe(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def first_tensor(out) -> torch.Tensor:
+    """The prediction tensor of an Ultralytics model output (which may be a tuple with the raw head dict)."""
+    while isinstance(out, (list, tuple)):
+        out = out[0]
+    return out
+
+
+def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float = 1e-3) -> dict:
+    """Run an exported ONNX model in onnxruntime (CPU provider) and compare with PyTorch on the same image.
+
+    End-to-end heads (YOLO26) output top-k detections; near-ties may swap order, so those are compared sorted by score.
+
+    Returns:
+        (dict): `max_abs_diff`, `match` (bool), `onnx_ms` (median onnxruntime latency) and the output `shape`.
+    """
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, imgsz, imgsz)
+    ref_model = deepcopy(model).float().cpu().eval()
+    ref_model = ref_model.fuse() if hasattr(ref_model, "fuse") else ref_model
+    with torch.inference_mode():
+        ref = first_tensor(ref_model(x)).numpy()
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = session.run(None, {name: x.numpy()})[0]
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        session.run(None, {name: x.numpy()})
+        times.append(time.perf_counter() - t)
+    if out.shape != ref.shape:
+        return {"max_abs_diff": float("inf"), "match": False, "onnx_ms": float(np.median(times) * 1000),
+                "shape": tuple(out.shape)}
+    if ref.ndim == 3 and ref.shape[-1] == 6:  # end-to-end detections (B, max_det, 6): order by score
+        ref = ref[:, np.argsort(-ref[0, :, 4], kind="stable")]
+        out = out[:, np.argsort(-out[0, :, 4], kind="stable")]
+    diff = float(np.abs(out - ref).max()) if out.size else 0.0
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    return {"max_abs_diff": diff, "match": diff <= atol * scale, "onnx_ms": float(np.median(times) * 1000),
+            "shape": tuple(out.shape)}
+
+
+def export_onnx(weights: str | Path, imgsz: int) -> Path:
+    """Export a saved checkpoint to ONNX with Ultralytics' exporter (CPU, fixed shape) and return the file."""
+    from ultralytics import YOLO
+
+    return Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, device="cpu", simplify=True, verbose=False))
+
+
+def write_csv(rows: list[dict], file: str | Path) -> Path:
+    """Write `rows` (dicts with the same keys) to a CSV file, replacing it atomically."""
+    file = Path(file)
+    tmp = file.with_name(f".{file.name}.tmp")
+    keys = list(rows[0]) if rows else []
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    tmp.replace(file)
+    return file
+
+
+def read_csv(file: str | Path) -> list[dict]:
+    """Read a CSV written by `write_csv` back into dicts of floats (non-numbers kept as strings)."""
+
+    def parse(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with open(file, newline="", encoding="utf-8") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_prune_results(rows: list[dict], file: str | Path) -> Path:
+    """Plot MACs, parameters, mAP50-95 (before and after fine-tuning) and latency against the pruning step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(2, 2, figsize=(11, 7), tight_layout=True)
+    ax[0, 0].plot(steps, [r["macs_G"] for r in rows], "o-")
+    ax[0, 0].set_title("MACs (G)")
+    ax[0, 1].plot(steps, [r["params_M"] for r in rows], "o-")
+    ax[0, 1].set_title("parameters (M)")
+    ax[1, 0].plot(steps, [r["mAP50-95_pre"] for r in rows], "o--", label="after pruning")
+    ax[1, 0].plot(steps, [r["mAP50-95_post"] for r in rows], "o-", label="after fine-tuning")
+    ax[1, 0].plot(steps, [r["mAP50_post"] for r in rows], "s:", label="mAP50 after fine-tuning")
+    ax[1, 0].set_title("mAP")
+    ax[1, 0].legend()
+    ax[1, 1].plot(steps, [r["latency_ms"] for r in rows], "o-")
+    ax[1, 1].set_title("CPU latency, PyTorch (ms)")
+    for a in ax.ravel():
+        a.set_xlabel("step (0 = unpruned)")
+        a.grid(alpha=0.3)
+    file = Path(file)
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+    return file
+
+
+def log_summary(first: dict, last: dict) -> str:
+    """One line: MACs, parameters, mAP50-95 and measured latency before -> after."""
+    line = (
+        f"{PREFIX}MACs {first['macs_G']:.3f}G -> {last['macs_G']:.3f}G, "
+        f"params {first['params_M']:.3f}M -> {last['params_M']:.3f}M, "
+        f"mAP50-95 {first['mAP50-95_post']:.4f} -> {last['mAP50-95_post']:.4f}, "
+        f"CPU latency {first['latency_ms']:.2f}ms -> {last['latency_ms']:.2f}ms"
+    )
+    LOGGER.info(line)
+    return line
