@@ -25,7 +25,7 @@ setup(
         "torch>=2.0",
         "torch-pruning>=1.6.1,<1.7",
         "onnx>=1.14",
-        "onnxslim>=0.1.71",
+        "onnxslim>=0.1.82",
         "onnxruntime-gpu>=1.18",
         "pyyaml>=5.3",
         "tqdm>=4.64",
