@@ -124,6 +124,17 @@ def _check_split(block: nn.Module) -> int:
     return c
 
 
+def _twin_with_split_cv1(cls: type, block: nn.Module) -> nn.Module:
+    """Build a `cls` twin of `block`: `cv1` split in two along its output channels, `cv2` and `m` moved as they are."""
+    c = _check_split(block)
+    twin = _empty(cls)
+    twin.c = c
+    twin.cv0, twin.cv1 = _split_conv(block.cv1, (c, c))
+    twin.cv2 = block.cv2
+    twin.m = block.m
+    return _finish(twin, block)
+
+
 class C2f_v2(nn.Module):
     """Prunable twin of `C2f`: the first conv is split into `cv0` and `cv1` instead of chunking one output.
 
@@ -182,13 +193,7 @@ class C2f_v2(nn.Module):
         Returns:
             (C2f_v2): The twin, computing the same function, in the same training mode as `block`.
         """
-        c = _check_split(block)
-        twin = _empty(cls)
-        twin.c = c
-        twin.cv0, twin.cv1 = _split_conv(block.cv1, (c, c))
-        twin.cv2 = block.cv2
-        twin.m = block.m
-        return _finish(twin, block)
+        return _twin_with_split_cv1(cls, block)
 
 
 class C3k2_v2(C2f_v2):
@@ -283,13 +288,7 @@ class C2PSA_v2(nn.Module):
         Returns:
             (C2PSA_v2): The twin, computing the same function, in the same training mode as `block`.
         """
-        c = _check_split(block)
-        twin = _empty(cls)
-        twin.c = c
-        twin.cv0, twin.cv1 = _split_conv(block.cv1, (c, c))
-        twin.cv2 = block.cv2
-        twin.m = block.m
-        return _finish(twin, block)
+        return _twin_with_split_cv1(cls, block)
 
 
 # Exact types only: subclasses such as C2fAttn (extra `guide` input) or C2fCIB have other forwards or are not covered.
