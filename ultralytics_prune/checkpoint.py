@@ -33,7 +33,8 @@ def load_detection_model(weights: str | Path) -> nn.Module:
     try:
         model, _ = load_checkpoint(path)
     except Exception as e:
-        raise ValueError(f"checkpoint '{weights}' could not be read ({type(e).__name__}: {e}); is it corrupt?") from e
+        reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
+        raise ValueError(f"checkpoint '{weights}' could not be read ({type(e).__name__}: {reason}); is it corrupt?") from e
     if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
         raise ValueError(
             f"checkpoint '{weights}' holds a '{getattr(model, 'task', type(model).__name__)}' model; "

@@ -21,7 +21,7 @@ from ultralytics.cfg import entrypoint as ultralytics_entrypoint
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, checks, colorstr
 
 from ultralytics_prune.cfg import PRUNE_CFG_PATH
-from ultralytics_prune.config import DEFAULT_PRUNE_CFG_DICT, check_prune_keys, get_prune_cfg
+from ultralytics_prune.config import DEFAULT_PRUNE_CFG_DICT, check_prune_keys, get_prune_cfg, recipe_overrides
 
 OUR_MODES = ("train", "prune", "slim")  # modes run through YOLOPrune
 HELP_WORDS = {"help", "h", "-h", "--help", "-help"}
@@ -86,7 +86,8 @@ def run(args: list[str]) -> None:
             raise ValueError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
     elif model is None and not overrides.get("resume"):
         raise ValueError(f"'model' argument is missing: pass a trained checkpoint, e.g. 'yolo {mode} model=best.pt'")
-    get_prune_cfg(overrides={**overrides, "model": model, "mode": mode})  # fail early, before anything is written
+    checked = overrides if mode == "train" else recipe_overrides(overrides)
+    get_prune_cfg(overrides={**checked, "model": model, "mode": mode})  # fail early, before anything is written
     if mode == "train":
         YOLOPrune(model, task=task).train(**overrides)
     else:

@@ -104,3 +104,11 @@ def get_prune_cfg(
 def ultralytics_args(args: SimpleNamespace | dict) -> IterableSimpleNamespace:
     """A copy of `args` without the ultralytics-prune keys, for Ultralytics classes that validate against theirs."""
     return IterableSimpleNamespace(**{k: v for k, v in cfg2dict(args).items() if k not in PRUNE_DEFAULTS})
+
+
+def recipe_overrides(overrides: dict) -> dict:
+    """For `prune`/`slim`: `epochs` means fine-tune epochs (0 allowed), so it is passed on as `finetune_epochs`."""
+    overrides = dict(overrides)
+    if "epochs" in overrides:
+        overrides["finetune_epochs"] = overrides.pop("epochs")
+    return overrides

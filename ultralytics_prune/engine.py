@@ -18,7 +18,7 @@ from ultralytics.utils import LOGGER, SETTINGS, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
 from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
-from ultralytics_prune.config import get_prune_cfg, ultralytics_args
+from ultralytics_prune.config import get_prune_cfg, recipe_overrides, ultralytics_args
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.report import (
     check_onnx,
@@ -47,10 +47,9 @@ class PruneRun:
 
     def __init__(self, overrides: dict):
         """Check every argument, then create the run folder (nothing is written before the checks pass)."""
+        overrides = recipe_overrides(overrides)
         resume = overrides.get("resume")
         self.args = get_prune_cfg(overrides={**overrides, "mode": self.mode})
-        if "epochs" in overrides:  # here 'epochs' means fine-tune epochs per step; finetune_epochs is the default
-            self.args.finetune_epochs = self.args.epochs
         self.resuming = bool(resume)
         if self.resuming:
             self.save_dir = self.find_resume_dir(resume)
@@ -58,6 +57,7 @@ class PruneRun:
             self.args = get_prune_cfg(overrides={**saved, "resume": False})
         else:
             self.model = load_detection_model(self.args.model)  # fails before any folder is made
+            self.check_model(self.model)
             project = Path(self.args.project) if self.args.project else Path(SETTINGS["runs_dir"]) / self.mode
             self.save_dir = increment_path(project / (self.args.name or "exp"), exist_ok=self.args.exist_ok)
             self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +65,12 @@ class PruneRun:
         self.prefix = colorstr(f"{self.mode}: ")
         self.csv = self.save_dir / f"{self.mode}_results.csv"
         self.rows: list[dict] = []
+
+    def check_model(self, model: nn.Module) -> None:
+        """Check the arguments that depend on the model (e.g. `hold`) before anything is written."""
+        from ultralytics_prune.pruner import hold_modules
+
+        hold_modules(model, self.args.hold)
 
     def find_resume_dir(self, resume) -> Path:
         """The run folder to resume: `resume=path` (the folder or a file in it) or the latest unfinished run."""
@@ -88,7 +94,7 @@ class PruneRun:
         """Return (mAP50, mAP50-95) of `model` on the dataset's val split (a copy is validated; `model` is unchanged)."""
         args = vars(ultralytics_args(self.args))
         args.update(mode="val", plots=False, save_json=False, verbose=False, split="val", half=False)
-        validator = DetectionValidator(args=args)
+        validator = DetectionValidator(save_dir=self.save_dir / "val", args=args)
         stats = validator(model=deepcopy(model).float())
         return float(stats["metrics/mAP50(B)"]), float(stats["metrics/mAP50-95(B)"])
 
