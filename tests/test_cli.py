@@ -145,11 +145,6 @@ def test_cfg_file_unknown_key(capfd, synthetic_data, tmp_path):
     assert len(errors) == 1 and "'srr'" in errors[0] and "sr=0.0" in errors[0], out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: routing looks only at mode words on the command line, so 'yolo cfg=f.yaml' with "
-    "'mode: train' in the file goes to Ultralytics, which rejects our keys with a traceback",
-)
 def test_cfg_file_mode_is_routed_to_us(capfd, synthetic_data, tmp_path):
     """Ultralytics runs `yolo cfg=f.yaml` with the mode taken from the file; ours must do the same for our keys."""
     cfg = tmp_path / "mode.yaml"

@@ -105,6 +105,14 @@ def recipe_class(mode: str):
     return NetworkSlimmer
 
 
+def cfg_file_mode(args: list[str]) -> str | None:
+    """The `mode` set inside a `cfg=file.yaml` argument, if any (Ultralytics lets the file choose the mode)."""
+    for a in args:
+        if a.startswith("cfg=") and Path(a[4:]).is_file():
+            return (YAML.load(a[4:]) or {}).get("mode")
+    return None
+
+
 def entrypoint(debug: str = "") -> None:
     """Entry point of the `yolo` and `yolo-prune` console scripts.
 
@@ -119,7 +127,7 @@ def entrypoint(debug: str = "") -> None:
     if words & CFG_WORDS:
         LOGGER.info(Path(DEFAULT_CFG_PATH).read_text() + "\n" + PRUNE_CFG_PATH.read_text())
         return
-    if not words & set(OUR_MODES):
+    if not words & set(OUR_MODES) and cfg_file_mode(args) not in OUR_MODES:
         return ultralytics_entrypoint(debug)
     try:
         run(args)
