@@ -1,5 +1,120 @@
-"""Default settings of ultralytics-prune, merged over Ultralytics' own `default.yaml`."""
+"""The keys ultralytics-prune adds to Ultralytics (`default.yaml` beside this file) and the one function that checks them.
 
+As Ultralytics keeps `get_cfg` in `ultralytics/cfg/__init__.py`, `get_prune_cfg` lives here: every entry point (the
+`yolo` command, `YOLOPrune`, the trainers that Ultralytics' DDP launcher starts) calls it once and gets back a new,
+checked namespace; nothing is modified in place. A mistake raises `UserError` with one line naming the fix.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ultralytics.cfg import cfg2dict, get_cfg
+from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
+
+from ultralytics_prune.errors import UserError
 
 PRUNE_CFG_PATH = Path(__file__).with_name("default.yaml")
+PRUNE_DEFAULTS: dict[str, Any] = YAML.load(PRUNE_CFG_PATH)
+DEFAULT_PRUNE_CFG_DICT: dict[str, Any] = {**DEFAULT_CFG_DICT, **PRUNE_DEFAULTS}
+
+IMPORTANCES = ("l1", "l2", "bn", "lamp", "taylor", "random")
+_NUMBER = (int, float)
+# key -> (accepted types, range check, what a valid value is)
+PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "sr": (_NUMBER, lambda v: v >= 0, "a number >= 0, e.g. 'sr=0.0001'"),
+    "sr_decay": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'sr_decay=0.9'"),
+    "rate": (_NUMBER, lambda v: 0 <= v < 1, "a fraction 0 <= rate < 1, e.g. 'rate=0.5'"),
+    "round_to": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'round_to=8'"),
+    "attention": ((str,), lambda v: v in ("hold",), "'hold'"),
+    "iterative_steps": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'iterative_steps=4'"),
+    "importance": ((str,), lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
+    "global_pruning": ((bool,), lambda v: True, "True or False"),
+    "target_macs": (_NUMBER, lambda v: v >= 0, "GMACs >= 0, e.g. 'target_macs=2.5'"),
+    "speedup": (_NUMBER, lambda v: v == 0 or v >= 1, "0 or a factor >= 1, e.g. 'speedup=2'"),
+    "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
+    "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
+    "onnx": ((bool,), lambda v: True, "True or False"),
+    "threshold": (_NUMBER, lambda v: v >= 0, "a number >= 0, e.g. 'threshold=0.01'"),
+    "min_channels": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'min_channels=1'"),
+}
+_NOT_KEYS = {"augmentations", "save_dir"}  # set by Ultralytics' own code paths, never by a user
+
+
+def check_prune_keys(known: dict, custom: dict) -> None:
+    """Raise `UserError` for the keys of `custom` that `known` lacks, with Ultralytics' "did you mean" hint.
+
+    Ultralytics' `check_dict_alignment` says the same but prints the whole CLI help first; this is one line per key.
+    """
+    lines = []
+    for key in custom:
+        if key not in known and key not in _NOT_KEYS:
+            matches = [f"{k}={known[k]}" if known.get(k) is not None else k for k in get_close_matches(key, known)]
+            hint = f" Similar arguments are i.e. {matches}." if matches else ""
+            lines.append(f"'{key}' is not a valid YOLO argument.{hint}")
+    if lines:
+        raise UserError(" ".join(lines))
+
+
+def check_prune_values(cfg: dict) -> None:
+    """Raise `UserError` for an ultralytics-prune key of `cfg` with a wrong type or out of range."""
+    for key, (types, valid, expected) in PRUNE_KEY_RULES.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise UserError(f"'{key}={value}' is of invalid type {type(value).__name__}. Valid '{key}' is {expected}.")
+        if not valid(value):
+            raise UserError(f"'{key}={value}' is an invalid value. Valid '{key}' is {expected}.")
+
+
+def parse_hold(value: Any) -> list[str]:
+    """Normalise the `hold` key (None, int, 'a,b' string or list) to a list of layer indices or names as strings."""
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def get_prune_cfg(
+    cfg: str | Path | dict | SimpleNamespace = DEFAULT_PRUNE_CFG_DICT, overrides: dict | None = None
+) -> IterableSimpleNamespace:
+    """Ultralytics' `get_cfg` over the merged defaults, with every key, type and range checked.
+
+    Our keys fill the gaps of `cfg` (Ultralytics' DDP launcher hands a trainer `DEFAULT_CFG_DICT`, which lacks them).
+
+    Args:
+        cfg: Base configuration (a yaml path, dict or namespace).
+        overrides: The user's keys.
+
+    Returns:
+        (IterableSimpleNamespace): A new namespace; `hold` is a list of strings.
+
+    Raises:
+        UserError: An unknown key, or a value of the wrong type or out of range (ours or Ultralytics').
+    """
+    base = {**PRUNE_DEFAULTS, **cfg2dict(cfg)}
+    overrides = cfg2dict(overrides) if overrides else {}
+    check_prune_keys(base, overrides)
+    try:
+        args = vars(get_cfg(base, overrides))
+    except (TypeError, ValueError, SyntaxError) as e:  # Ultralytics' own type and range checks of its keys
+        raise UserError(" ".join(str(e).split())) from e
+    check_prune_values(args)
+    return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
+
+
+def ultralytics_args(args: SimpleNamespace | dict) -> IterableSimpleNamespace:
+    """A copy of `args` without the ultralytics-prune keys, for Ultralytics classes that validate against theirs."""
+    return IterableSimpleNamespace(**{k: v for k, v in cfg2dict(args).items() if k not in PRUNE_DEFAULTS})
+
+
+def recipe_overrides(overrides: dict) -> dict:
+    """For `prune` and `slim`, `epochs` means fine-tune epochs (0 allowed): pass it on as `finetune_epochs`."""
+    overrides = dict(overrides)
+    if "epochs" in overrides:
+        overrides["finetune_epochs"] = overrides.pop("epochs")
+    return overrides

@@ -8,24 +8,15 @@ from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ultralytics_prune.config import (
-    DEFAULT_PRUNE_CFG_DICT,
-    check_prune_cfg,
-    check_prune_keys,
-    prune_cfg_dict,
-    ultralytics_args,
-)
-from ultralytics_prune.patches.blocks import TWINS
+from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, get_prune_cfg, ultralytics_args
+from ultralytics_prune.checkpoint import is_pruned, make_trainable
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.graph import prunable_batchnorms
+from ultralytics_prune.plots import plot_gamma_heatmap
+from ultralytics_prune.sparsity import gamma_histogram, gamma_stats
 
 PREFIX = colorstr("prune: ")
 SPARSITY_PREFIX = colorstr("sparsity: ")
-
-
-def is_pruned(model: nn.Module) -> bool:
-    """True when `model` cannot be rebuilt from its yaml: it was pruned or slimmed, or holds block twins."""
-    yaml = getattr(model, "yaml", None) or {}
-    twins = tuple(TWINS.values())
-    return bool(yaml.get("pruned")) or any(isinstance(m, twins) for m in model.modules())
 
 
 class PrunedModelTrainer(DetectionTrainer):
@@ -38,11 +29,13 @@ class PrunedModelTrainer(DetectionTrainer):
     """
 
     def __init__(self, cfg=DEFAULT_PRUNE_CFG_DICT, overrides: dict | None = None, _callbacks=None):
-        """Validate the ultralytics-prune keys before Ultralytics creates the run folder, then initialise."""
-        cfg = prune_cfg_dict(cfg)
-        check_prune_keys(cfg, overrides or {})
-        check_prune_cfg({**cfg, **(overrides or {})})
-        super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
+        """Check every key once (this is an entry point: Ultralytics' DDP launcher starts it), then initialise.
+
+        Ultralytics' own `get_cfg` then merges `overrides` over the checked namespace again, which it needs for
+        `resume` (the keys a resumed run may change are read from `overrides`).
+        """
+        checked = get_prune_cfg(cfg, overrides)
+        super().__init__(cfg=checked, overrides=overrides, _callbacks=_callbacks)
 
     def get_validator(self):
         """Ultralytics' DetectionValidator, given the args without our keys (it validates against its own)."""
@@ -56,13 +49,11 @@ class PrunedModelTrainer(DetectionTrainer):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         nc = self.data["nc"]
         if weights.yaml.get("nc", nc) != nc:
-            raise ValueError(
+            raise UserError(
                 f"the pruned model predicts nc={weights.yaml.get('nc')} classes but data has nc={nc}; "
                 f"fine-tune it on the dataset it was pruned for"
             )
-        model = weights.float()
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model = make_trainable(weights.float())
         if verbose and RANK in {-1, 0}:
             n = sum(p.numel() for p in model.parameters())
             LOGGER.info(f"{PREFIX}training the pruned model as loaded ({n:,} parameters), not rebuilt from yaml")
@@ -75,21 +66,23 @@ class SparsityTrainer(PrunedModelTrainer):
     `sr` is the lambda of the paper: the weight of sum(|gamma|) next to the per-image mean loss. Ultralytics' gradient
     at an optimizer step is the sum over a nominal batch of `nbs` (64) images (the loss is scaled by the batch size
     and accumulated), so `sr * nbs * sign(gamma)` is added to the gradient of every prunable BatchNorm weight once
-    per optimizer step, after the AMP unscale and before clipping: the same strength for any batch size.
-    Which BatchNorms are prunable comes from the model's channel dependency graph. Every epoch, statistics of
-    |gamma| go to results.csv and a histogram heat-map to `gamma.png`. With `sr=0` the weights follow plain
-    Ultralytics training bit for bit.
+    per optimizer step: the same strength for any batch size. It is added by a step pre-hook of the optimizer, so
+    after Ultralytics' AMP unscale and gradient clipping: the term is never clipped and never shrinks the detection
+    gradient, and Ultralytics' `optimizer_step` runs unchanged. Which BatchNorms are prunable comes from the model's
+    channel dependency graph. Every epoch, statistics of |gamma| go to results.csv and a histogram heat-map to
+    `gamma.png`. With `sr=0` the weights follow plain Ultralytics training bit for bit.
     """
 
-    _prunable_bns: list[nn.BatchNorm2d] | None = None
-    _gamma_histograms: list | None = None
+    def __init__(self, cfg=DEFAULT_PRUNE_CFG_DICT, overrides: dict | None = None, _callbacks=None):
+        """Initialise; the prunable BatchNorms are found when first needed (the model is built later)."""
+        super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
+        self._prunable_bns: list[nn.BatchNorm2d] | None = None
+        self._gamma_histograms: list = []
 
     @property
     def prunable_bns(self) -> list[nn.BatchNorm2d]:
         """The prunable BatchNorm layers of the model being trained (found once, from the dependency graph)."""
         if self._prunable_bns is None:
-            from ultralytics_prune.graph import prunable_batchnorms
-
             model = unwrap_model(self.model)
             self._prunable_bns = prunable_batchnorms(model, imgsz=max(64, int(model.stride.max())))
             if RANK in {-1, 0}:
@@ -101,8 +94,8 @@ class SparsityTrainer(PrunedModelTrainer):
         """The L1 strength for the current epoch, decayed linearly when `sr_decay > 0`."""
         return self.args.sr * (1 - self.args.sr_decay * self.epoch / max(self.epochs, 1))
 
-    def apply_sparsity(self) -> None:
-        """Add `sr * nbs * sign(gamma)` to the gradient of every prunable BatchNorm weight."""
+    def add_sparsity_term(self, optimizer=None, args=(), kwargs=None) -> None:
+        """Add `sr * nbs * sign(gamma)` to the gradient of every prunable BatchNorm weight (an optimizer pre-hook)."""
         strength = self.sparsity_rate() * self.args.nbs
         if strength <= 0:
             return
@@ -110,32 +103,22 @@ class SparsityTrainer(PrunedModelTrainer):
             if bn.weight.grad is not None:
                 bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=strength)
 
-    def optimizer_step(self):
-        """Ultralytics' step (unscale, clip to norm 10, step, EMA) with the sparsity term right after unscaling."""
-        self.scaler.unscale_(self.optimizer)
-        self.apply_sparsity()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad()
-        if self.ema:
-            self.ema.update(self.model)
-
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Use SGD for sparsity training when `optimizer=auto`: Adam normalises the sign term away."""
+        """Ultralytics' optimizer with the sparsity term as a step pre-hook; SGD for `optimizer=auto` when sr > 0.
+
+        Adam normalises every gradient and would turn the sign term into a fixed step.
+        """
         if self.args.sr > 0 and name == "auto":
             LOGGER.info(f"{SPARSITY_PREFIX}'optimizer=auto' with sr>0: using SGD(lr0={lr}), as Adam rescales sr")
             name = self.args.optimizer = "SGD"
-        return super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        optimizer.register_step_pre_hook(self.add_sparsity_term)
+        return optimizer
 
     def save_metrics(self, metrics: dict):
         """Add |gamma| statistics to results.csv and redraw the gamma heat-map."""
-        from ultralytics_prune.sparsity import gamma_histogram, gamma_stats, plot_gamma_heatmap
-
         bns = self.prunable_bns
         super().save_metrics({**metrics, **gamma_stats(bns)})
-        if self._gamma_histograms is None:
-            self._gamma_histograms = []
         self._gamma_histograms.append(gamma_histogram(bns))
         if self.args.plots:
             plot_gamma_heatmap(self._gamma_histograms, self.save_dir / "gamma.png", title=f"|gamma| sr={self.args.sr}")

@@ -1,4 +1,9 @@
-"""Reading a user's checkpoint safely and writing ours atomically, in Ultralytics' checkpoint format."""
+"""Checkpoint state: reading a user's checkpoint safely, writing ours atomically, and what a saved model says of itself.
+
+A pruned model cannot be rebuilt from its yaml. `mark_pruned` records that in the model (its `yaml["pruned"]`, which
+survives pickling and Ultralytics' own checkpoint code); `is_pruned` asks it; `make_trainable` undoes what Ultralytics'
+checkpoint format does to parameters (half precision, gradients off).
+"""
 
 from __future__ import annotations
 
@@ -13,47 +18,74 @@ from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
 from ultralytics_prune import __version__
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.patches.blocks import TWINS
+
+PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
 
 
-def load_detection_model(weights: str | Path) -> nn.Module:
-    """Load a trained detection checkpoint as an FP32 model in train-ready form, or raise one readable line.
-
-    Args:
-        weights (str | Path): Path to an Ultralytics `.pt` checkpoint (e.g. `best.pt`, `last.pt`, `pruned.pt`).
-
-    Raises:
-        FileNotFoundError: The file does not exist (nothing is downloaded).
-        ValueError: The file is not a readable Ultralytics detection checkpoint.
-    """
-    path = Path(weights)
-    if path.suffix != ".pt":
-        raise ValueError(f"'model={weights}' is not a checkpoint: pass a trained '.pt' file, e.g. 'model=best.pt'")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{weights}' not found: pass the path of a trained '.pt' file")
-    try:
-        model, _ = load_checkpoint(path)
-    except Exception as e:
-        reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
-        raise ValueError(f"checkpoint '{weights}' could not be read ({type(e).__name__}: {reason}); is it corrupt?") from e
-    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
-        raise ValueError(
-            f"checkpoint '{weights}' holds a '{getattr(model, 'task', type(model).__name__)}' model; "
-            f"ultralytics-prune prunes detection models (task=detect)"
-        )
-    model = model.float()
+def make_trainable(model: nn.Module) -> nn.Module:
+    """Turn gradients on for every parameter of `model` (Ultralytics checkpoints store them off); returns `model`."""
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
+def mark_pruned(model: nn.Module, method: str, **info) -> None:
+    """Record in `model.yaml` that the model was pruned by `method`, so that nothing rebuilds it from the yaml."""
+    model.yaml = {**(getattr(model, "yaml", None) or {}), PRUNED_KEY: {"method": method, **info}}
+
+
+def pruned_info(model: nn.Module) -> dict:
+    """What `mark_pruned` recorded (`method`, ...), or an empty dict for a model that was never pruned."""
+    return dict((getattr(model, "yaml", None) or {}).get(PRUNED_KEY) or {})
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """True when `model` cannot be rebuilt from its yaml: it was pruned or slimmed, or holds block twins."""
+    twins = tuple(TWINS.values())
+    return bool(pruned_info(model)) or any(isinstance(m, twins) for m in model.modules())
+
+
+def load_detection_model(weights: str | Path) -> nn.Module:
+    """Load a trained detection checkpoint as an FP32, trainable model, or raise one readable line.
+
+    Args:
+        weights (str | Path): Path to an Ultralytics `.pt` checkpoint (e.g. `best.pt`, `last.pt`, `pruned.pt`).
+
+    Raises:
+        UserError: The path is not a `.pt` file, does not exist (nothing is downloaded), cannot be read, or holds a
+            model of another task.
+    """
+    path = Path(weights)
+    if path.suffix != ".pt":
+        raise UserError(f"'model={weights}' is not a checkpoint: pass a trained '.pt' file, e.g. 'model=best.pt'")
+    if not path.is_file():
+        raise UserError(f"checkpoint '{weights}' not found: pass the path of a trained '.pt' file")
+    try:
+        model, _ = load_checkpoint(path)
+    except Exception as e:  # any failure to unpickle is the file's fault, not ours
+        reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
+        raise UserError(f"checkpoint '{weights}' could not be read ({type(e).__name__}: {reason}); is it corrupt?") from e
+    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
+        raise UserError(
+            f"checkpoint '{weights}' holds a '{getattr(model, 'task', type(model).__name__)}' model; "
+            f"ultralytics-prune prunes detection models (task=detect)"
+        )
+    return make_trainable(model.float())
+
+
 def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None = None, **extra) -> Path:
     """Save `model` in FP32 as an Ultralytics-loadable checkpoint; written to a temp file, then renamed.
+
+    The copy that is saved holds no loss criterion and no `args` (Ultralytics restores `model.args` from
+    `train_args` when it loads the file).
 
     Args:
         model (nn.Module): The model to save; it is copied, not modified.
         file (str | Path): Destination `.pt` path.
-        train_args (dict | None): Arguments stored as `train_args` (Ultralytics restores `model.args` from them).
-        **extra: More entries for the checkpoint dict (e.g. `prune` metadata).
+        train_args (dict | None): Arguments stored as `train_args`.
+        **extra: More entries for the checkpoint dict (e.g. `prune_results`).
 
     Returns:
         (Path): The written file.
@@ -61,6 +93,7 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     snapshot = deepcopy(model).float().eval()
+    snapshot.__dict__.pop("args", None)
     if hasattr(snapshot, "criterion"):
         snapshot.criterion = None
     for p in snapshot.parameters():

@@ -1,6 +1,7 @@
 """The `yolo` command: Ultralytics' CLI plus the modes `prune` and `slim` and the keys of `cfg/default.yaml`.
 
-`train`, `prune` and `slim` run here through `YOLOPrune`; `help` and `cfg` show our keys after Ultralytics' own;
+`train`, `prune` and `slim` run here (`YOLOPrune`, `run_recipe`); a `UserError` is printed as one line with exit
+status 2, any other exception keeps its traceback; `help` and `cfg` show our keys after Ultralytics' own;
 every other command is handed to Ultralytics' entrypoint unchanged.
 """
 
@@ -18,15 +19,15 @@ from ultralytics.cfg import (
     parse_key_value_pair,
 )
 from ultralytics.cfg import entrypoint as ultralytics_entrypoint
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, checks, colorstr
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, colorstr
 
-from ultralytics_prune.cfg import PRUNE_CFG_PATH
-from ultralytics_prune.config import DEFAULT_PRUNE_CFG_DICT, check_prune_keys, get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, check_prune_keys
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.model import YOLOPrune, run_recipe
 
 OUR_MODES = ("train", "prune", "slim")  # modes run through YOLOPrune
 HELP_WORDS = {"help", "h", "-h", "--help", "-help"}
 CFG_WORDS = {"cfg", "--cfg", "-cfg"}
-USER_ERRORS = (SyntaxError, TypeError, ValueError, FileNotFoundError, KeyError)
 
 PRUNE_HELP_MSG = f"""
     {colorstr("ultralytics-prune")} adds two modes and the keys below (`yolo cfg` prints them with defaults):
@@ -41,17 +42,23 @@ PRUNE_HELP_MSG = f"""
 
 
 def parse_cli_args(args: list[str]) -> dict:
-    """Parse `k=v` pairs, tasks, modes, `cfg=file.yaml` and bare booleans into an overrides dict (keys checked)."""
+    """Parse `k=v` pairs, tasks, modes, `cfg=file.yaml` and bare booleans into an overrides dict (keys checked).
+
+    Raises:
+        UserError: An unknown key, a key without its value, a missing cfg file.
+    """
     known = {**DEFAULT_PRUNE_CFG_DICT, **dict.fromkeys((*TASKS, *MODES, *OUR_MODES))}
     overrides = {}
     for a in merge_equals_args(args):
         a = a[2:] if a.startswith("--") else a
         a = a[:-1] if a.endswith(",") else a
         if "=" in a:
-            k, v = parse_key_value_pair(a)
+            try:
+                k, v = parse_key_value_pair(a)
+            except AssertionError as e:  # Ultralytics asserts that a value follows the '='
+                raise UserError(f"'{a}' has no value after '=': write it as 'key=value', e.g. 'rate=0.5'") from e
             if k == "cfg" and v is not None:
-                LOGGER.info(f"Overriding {DEFAULT_CFG_PATH} and {PRUNE_CFG_PATH} with {v}")
-                overrides = {**{k: x for k, x in YAML.load(checks.check_yaml(v)).items() if k != "cfg"}, **overrides}
+                overrides = {**load_cfg_file(v), **overrides}
             else:
                 overrides[k] = v
         elif a in TASKS:
@@ -61,48 +68,43 @@ def parse_cli_args(args: list[str]) -> dict:
         elif isinstance(DEFAULT_PRUNE_CFG_DICT.get(a), bool):
             overrides[a] = True
         elif a in DEFAULT_PRUNE_CFG_DICT:
-            raise SyntaxError(f"'{a}' is missing an '=' sign to set its value, i.e. try '{a}={DEFAULT_PRUNE_CFG_DICT[a]}'")
+            raise UserError(f"'{a}' is missing an '=' sign to set its value, i.e. try '{a}={DEFAULT_PRUNE_CFG_DICT[a]}'")
         else:
             check_prune_keys(known, {a: ""})
     check_prune_keys(known, overrides)
     return overrides
 
 
-def run(args: list[str]) -> None:
-    """Run `train`, `prune` or `slim` through `YOLOPrune` after checking every key, type and range."""
-    from ultralytics_prune.model import YOLOPrune
+def load_cfg_file(file: str) -> dict:
+    """The keys of a `cfg=file.yaml` argument (its own `cfg` key ignored), or a `UserError` when it cannot be read."""
+    if not Path(file).is_file():
+        raise UserError(f"'cfg={file}' not found: pass the path of a yaml file of keys, e.g. 'cfg=my.yaml'")
+    LOGGER.info(f"Overriding {DEFAULT_CFG_PATH} and {PRUNE_CFG_PATH} with {file}")
+    content = YAML.load(file) or {}
+    if not isinstance(content, dict):
+        raise UserError(f"'cfg={file}' holds no 'key: value' pairs")
+    return {k: v for k, v in content.items() if k != "cfg"}
 
+
+def run(args: list[str]) -> None:
+    """Run `train` through `YOLOPrune`, `prune` or `slim` through `run_recipe` (which checks every key once)."""
     overrides = parse_cli_args(args)
     mode = overrides.pop("mode")
     task = overrides.pop("task", None)
     if task not in (None, "detect"):
-        raise ValueError(f"'task={task}' is not supported by ultralytics-prune yet; use a detection model (task=detect)")
+        raise UserError(f"'task={task}' is not supported by ultralytics-prune yet; use a detection model (task=detect)")
     model = overrides.pop("model", None)
     if mode == "train":
         if model is None:
             model = DEFAULT_CFG.model or "yolo26n.yaml"
             LOGGER.warning(f"'model' argument is missing. Using default 'model={model}'.")
         if overrides.get("data") is None and not overrides.get("resume"):
-            raise ValueError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
-    elif model is None and not overrides.get("resume"):
-        raise ValueError(f"'model' argument is missing: pass a trained checkpoint, e.g. 'yolo {mode} model=best.pt'")
-    checked = overrides if mode == "train" else recipe_overrides(overrides)
-    get_prune_cfg(overrides={**checked, "model": model, "mode": mode})  # fail early, before anything is written
-    if mode == "train":
-        YOLOPrune(model, task=task).train(**overrides)
-    else:
-        recipe_class(mode)({**overrides, "model": model})()
-
-
-def recipe_class(mode: str):
-    """The class that runs `yolo prune` or `yolo slim`."""
-    if mode == "prune":
-        from ultralytics_prune.pruner import DepGraphPruner
-
-        return DepGraphPruner
-    from ultralytics_prune.slim import NetworkSlimmer
-
-    return NetworkSlimmer
+            raise UserError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
+        YOLOPrune(model, task=task).train(**overrides)  # the trainer checks the keys
+        return
+    if model is None and not overrides.get("resume"):
+        raise UserError(f"'model' argument is missing: pass a trained checkpoint, e.g. 'yolo {mode} model=best.pt'")
+    run_recipe(mode, overrides if model is None else {**overrides, "model": model})
 
 
 def cfg_file_mode(args: list[str]) -> str | None:
@@ -131,10 +133,10 @@ def entrypoint(debug: str = "") -> None:
         return ultralytics_entrypoint(debug)
     try:
         run(args)
-    except USER_ERRORS as e:
+    except UserError as e:  # anything else is a bug and keeps its traceback
         if os.getenv("YOLO_PRUNE_DEBUG"):
             raise
-        LOGGER.error(str(e).strip())
+        LOGGER.error(" ".join(str(e).split()))
         sys.exit(2)
 
 

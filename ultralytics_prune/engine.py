@@ -1,7 +1,8 @@
-"""What both pruning recipes share: a run folder, validation, fine-tuning, checkpoints, ONNX check and the report.
+"""The pruning loop, written once: `PruneRun` runs every recipe (DepGraph, slim) through the same steps.
 
-`PruneRun` follows Ultralytics' engine classes: the recipe subclasses (`DepGraphPruner`, `NetworkSlimmer`) override
-one seam, `steps()`, which prunes the model and yields once per finished pruning step.
+A run is: load -> swap twins -> baseline row -> for each step: the recipe removes channels (its one seam, `remove`)
+-> validate -> fine-tune -> validate -> measure -> row -> stop rule -> save step -> record; then save, export, check,
+summary. A recipe is a small subclass that says what one step removes and how many steps there are.
 """
 
 from __future__ import annotations
@@ -9,34 +10,33 @@ from __future__ import annotations
 import json
 from copy import deepcopy
 from pathlib import Path
-from typing import Iterator
+from types import SimpleNamespace
 
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import LOGGER, SETTINGS, YAML, colorstr
+from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
-from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
-from ultralytics_prune.config import get_prune_cfg, recipe_overrides, ultralytics_args
+from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
+from ultralytics_prune.checkpoint import load_detection_model, mark_pruned, save_checkpoint
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.report import (
-    check_onnx,
-    count_macs_params,
-    export_onnx,
-    log_summary,
-    measure_latency,
-    plot_prune_results,
-    read_csv,
-    write_csv,
-)
+from ultralytics_prune.patches.trainer import PrunedModelTrainer
+from ultralytics_prune.plots import plot_prune_results
+from ultralytics_prune.report import check_onnx, count_macs_params, export_onnx, log_summary, measure_latency
+from ultralytics_prune.report import read_csv, write_csv
 
 
 class PruneRun:
     """One pruning run: load the checkpoint, measure, prune in steps with fine-tuning, report and export.
 
+    Subclasses set `mode` and `result_name` and implement `remove` (what one step removes) and, when they take
+    several steps, `n_steps`.
+
     Attributes:
-        args (SimpleNamespace): Ultralytics args merged with the ultralytics-prune keys.
+        args (IterableSimpleNamespace): Ultralytics args merged with the ultralytics-prune keys, checked.
         save_dir (Path): The run folder, `runs/<mode>/<name>`.
         model (nn.Module): The model being pruned (FP32, block twins swapped in).
         rows (list[dict]): One row of numbers per finished step; row 0 is the unpruned model.
@@ -45,51 +45,116 @@ class PruneRun:
     mode = "prune"
     result_name = "pruned"
 
-    def __init__(self, overrides: dict):
-        """Check every argument, then create the run folder (nothing is written before the checks pass)."""
-        overrides = recipe_overrides(overrides)
-        resume = overrides.get("resume")
-        self.args = get_prune_cfg(overrides={**overrides, "mode": self.mode})
-        self.resuming = bool(resume)
+    def __init__(self, args: SimpleNamespace):
+        """Load and check what the run needs, then create the run folder (nothing is written before that).
+
+        Args:
+            args (SimpleNamespace): From `get_prune_cfg` (the entry point checked them); `epochs` is already
+                `finetune_epochs`.
+        """
+        self.args = args
+        self.prefix = colorstr(f"{self.mode}: ")
+        self.rows: list[dict] = []
+        self.resuming = bool(args.resume)
         if self.resuming:
-            self.save_dir = self.find_resume_dir(resume)
-            saved = YAML.load(self.save_dir / "args.yaml")
-            self.args = get_prune_cfg(overrides={**saved, "resume": False})
+            self.save_dir = self.find_resume_dir(args.resume)
+            self.args = get_prune_cfg(overrides={**YAML.load(self.save_dir / "args.yaml"), "resume": False})
+            self.model = None  # loaded by restore()
         else:
-            self.model = load_detection_model(self.args.model)  # fails before any folder is made
-            self.check_model(self.model)
-            project = Path(self.args.project) if self.args.project else Path(SETTINGS["runs_dir"]) / self.mode
-            self.save_dir = increment_path(project / (self.args.name or "exp"), exist_ok=self.args.exist_ok)
+            self.model = load_detection_model(self.args.model)
+            hold_modules(self.model, self.args.hold)  # a wrong `hold` fails here, before any folder exists
+            self.save_dir = increment_path(self.project / (self.args.name or "exp"), exist_ok=self.args.exist_ok)
             self.save_dir.mkdir(parents=True, exist_ok=True)
             YAML.save(self.save_dir / "args.yaml", vars(self.args))
-        self.prefix = colorstr(f"{self.mode}: ")
         self.csv = self.save_dir / f"{self.mode}_results.csv"
-        self.rows: list[dict] = []
 
-    def check_model(self, model: nn.Module) -> None:
-        """Check the arguments that depend on the model (e.g. `hold`) before anything is written."""
-        from ultralytics_prune.pruner import hold_modules
+    @property
+    def project(self) -> Path:
+        """The folder that holds this mode's runs: `project=` or `<runs_dir>/<mode>`."""
+        return Path(self.args.project) if self.args.project else Path(SETTINGS["runs_dir"]) / self.mode
 
-        hold_modules(model, self.args.hold)
+    @property
+    def final_file(self) -> Path:
+        """The result checkpoint; its existence means the run is finished."""
+        return self.save_dir / "weights" / f"{self.result_name}.pt"
 
-    def find_resume_dir(self, resume) -> Path:
-        """The run folder to resume: `resume=path` (the folder or a file in it) or the latest unfinished run."""
-        if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"}:
-            path = Path(resume)
-            path = path if path.is_dir() else path.parent
-            if not (path / "args.yaml").exists():
-                raise FileNotFoundError(f"'resume={resume}' is not a {self.mode} run folder (no args.yaml in {path})")
-            return path
-        runs = sorted(
-            (p.parent for p in (Path(SETTINGS["runs_dir"]) / self.mode).glob("*/args.yaml")),
-            key=lambda p: p.stat().st_mtime,
+    @property
+    def n_steps(self) -> int:
+        """How many prune -> fine-tune steps the recipe takes."""
+        return 1
+
+    def remove(self, step: int) -> dict:
+        """The recipe's seam: remove this step's channels from `self.model` in place.
+
+        Returns:
+            (dict): What it did, at least `ratio` (the share of prunable channels removed so far); its other entries
+                go to the step's row.
+        """
+        raise NotImplementedError
+
+    # the run -----------------------------------------------------------------------------------------------------------
+    def __call__(self) -> Path:
+        """Run every step (see module docstring) and return the path of the final checkpoint."""
+        start = self.restore() if self.resuming else self.begin()
+        for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
+                         initial=start - 1):  # fmt: skip
+            if not self.run_step(step):
+                break
+        return self.finish()
+
+    def begin(self) -> int:
+        """Swap in the block twins and record the unpruned model as row 0; return the first step."""
+        replace_blocks(self.model)
+        map50, map5095 = self.validate(self.model)
+        self.record({"step": 0, "ratio": 0.0, **self.measure(self.model), **self.map_columns(map50, map5095)})
+        return 1
+
+    def run_step(self, step: int) -> bool:
+        """Remove, validate, fine-tune, validate, measure, record; False when the stop rule ended the run."""
+        step_dir = self.save_dir / f"step{step}"
+        done = self.remove(step)
+        self.model.zero_grad(set_to_none=True)
+        pre = self.validate(self.model)
+        post = pre
+        if self.args.finetune_epochs > 0:
+            self.finetune(self.model, step_dir, self.args.finetune_epochs)
+            post = self.validate(self.model)
+        row = {"step": step, "ratio": done["ratio"], **self.measure(self.model), **self.map_columns(*pre, *post)}
+        if self.lost_too_much(row):
+            self.model = self.last_good_model(step)
+            return False
+        self.save_step(step_dir)
+        self.record(row)
+        return True
+
+    def lost_too_much(self, row: dict) -> bool:
+        """The stop rule: mAP50-95 after the step is more than `max_map_drop` below the unpruned model's."""
+        base, now = self.rows[0]["mAP50-95_post"], row["mAP50-95_post"]
+        if base - now <= self.args.max_map_drop:
+            return False
+        LOGGER.warning(
+            f"{self.prefix}step {row['step']}: mAP50-95 {now:.4f} is more than max_map_drop={self.args.max_map_drop} "
+            f"below the baseline {base:.4f}; stopping and keeping the model of step {row['step'] - 1}"
         )
-        unfinished = [p for p in runs if not (p / "weights" / f"{self.result_name}.pt").exists()]
-        if not unfinished:
-            raise FileNotFoundError(f"no unfinished {self.mode} run to resume: pass 'resume=runs/{self.mode}/<name>'")
-        return unfinished[-1]
+        return True
 
-    # measuring -------------------------------------------------------------------------------------------------------
+    def finish(self) -> Path:
+        """Save the final model, export and check ONNX, log the summary line."""
+        self.save_model(self.final_file, prune_results=self.rows)
+        LOGGER.info(f"{self.prefix}saved {self.final_file}")
+        if self.args.onnx:
+            onnx_file = export_onnx(self.final_file, self.args.imgsz)
+            check = check_onnx(onnx_file, self.model, self.args.imgsz)
+            (self.save_dir / "onnx_check.json").write_text(json.dumps({"file": str(onnx_file), **check}, indent=2))
+            status = "matches" if check["match"] else "DOES NOT match"
+            LOGGER.info(
+                f"{self.prefix}ONNX {onnx_file.name} {status} PyTorch (max abs diff {check['max_abs_diff']:.2e}), "
+                f"onnxruntime CPU {check['onnx_ms']:.2f}ms"
+            )
+        log_summary(self.mode, self.rows[0], self.rows[-1])
+        return self.final_file
+
+    # measuring ---------------------------------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> tuple[float, float]:
         """Return (mAP50, mAP50-95) of `model` on the dataset's val split (a copy is validated; `model` is unchanged)."""
         args = vars(ultralytics_args(self.args))
@@ -103,14 +168,22 @@ class PruneRun:
         macs, params = count_macs_params(model, self.args.imgsz)
         return {"macs_G": macs / 1e9, "params_M": params / 1e6, "latency_ms": measure_latency(model, self.args.imgsz)}
 
+    @staticmethod
+    def map_columns(map50_pre: float, map_pre: float, map50_post: float | None = None, map_post: float | None = None):
+        """The mAP columns of a row: after the cut ("pre") and after fine-tuning ("post", the same without it)."""
+        return {
+            "mAP50_pre": map50_pre,
+            "mAP50-95_pre": map_pre,
+            "mAP50_post": map50_pre if map50_post is None else map50_post,
+            "mAP50-95_post": map_pre if map_post is None else map_post,
+        }
+
     # fine-tuning -------------------------------------------------------------------------------------------------------
     def finetune(self, model: nn.Module, step_dir: Path, epochs: int) -> None:
         """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
 
         The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
         """
-        from ultralytics_prune.patches.trainer import PrunedModelTrainer
-
         source = save_checkpoint(model, step_dir / "weights" / "start.pt", train_args=vars(ultralytics_args(self.args)))
         overrides = {
             **vars(self.args),
@@ -130,10 +203,15 @@ class PruneRun:
         tuned, _ = load_checkpoint(best)
         model.load_state_dict(tuned.float().state_dict())
 
-    # the recipe --------------------------------------------------------------------------------------------------------
-    def steps(self) -> Iterator[dict]:
-        """Prune `self.model` step by step; after each step yield the row to record. Overridden by each recipe."""
-        raise NotImplementedError
+    # files -------------------------------------------------------------------------------------------------------------
+    def save_model(self, file: Path, **extra) -> Path:
+        """Save `self.model`, marked as pruned by this run's mode, with the Ultralytics args to train it on."""
+        mark_pruned(self.model, self.mode, rate=self.args.rate, imgsz=self.args.imgsz)
+        return save_checkpoint(self.model, file, train_args=vars(ultralytics_args(self.args)), **extra)
+
+    def save_step(self, step_dir: Path) -> None:
+        """Keep a finished step's model, for resume and for falling back to the last good step."""
+        self.save_model(step_dir / "weights" / "step.pt")
 
     def record(self, row: dict) -> None:
         """Append a row, rewrite the CSV and the plot."""
@@ -141,57 +219,44 @@ class PruneRun:
         write_csv(self.rows, self.csv)
         plot_prune_results(self.rows, self.save_dir / f"{self.mode}_results.png")
 
-    def baseline_row(self) -> dict:
-        """Row 0: the unpruned model's numbers."""
-        map50, map5095 = self.validate(self.model)
-        return {
-            "step": 0,
-            "ratio": 0.0,
-            **self.measure(self.model),
-            "mAP50_pre": map50,
-            "mAP50-95_pre": map5095,
-            "mAP50_post": map50,
-            "mAP50-95_post": map5095,
-        }
+    def input_model(self) -> nn.Module:
+        """The input checkpoint's model again, with the block twins swapped in (as row 0 measured it)."""
+        model = load_detection_model(self.args.model)
+        replace_blocks(model)
+        return model
 
-    def __call__(self) -> Path:
-        """Run the whole recipe and return the path of the final checkpoint."""
-        if not self.resuming:
-            replace_blocks(self.model)
-            self.record(self.baseline_row())
-        for _ in self.steps():
-            pass
-        return self.finish()
+    def last_good_model(self, step: int) -> nn.Module:
+        """The model of the last finished step before `step` (the input model before step 1)."""
+        return self.input_model() if step <= 1 else load_detection_model(self.step_file(step - 1))
 
-    def mark_pruned(self, model: nn.Module) -> None:
-        """Record in the model's yaml that it was pruned, so nothing rebuilds it from the yaml."""
-        model.yaml = {**model.yaml, "pruned": {"method": self.mode, "rate": self.args.rate, "imgsz": self.args.imgsz}}
+    def step_file(self, step: int) -> Path:
+        """Where the model of a finished step is kept."""
+        return self.save_dir / f"step{step}" / "weights" / "step.pt"
 
-    def finish(self) -> Path:
-        """Save the final model, export and check ONNX, log the summary line."""
-        final = self.save_dir / "weights" / f"{self.result_name}.pt"
-        self.mark_pruned(self.model)
-        save_checkpoint(self.model, final, train_args=vars(ultralytics_args(self.args)), prune_results=self.rows)
-        LOGGER.info(f"{self.prefix}saved {final}")
-        if self.args.onnx:
-            onnx_file = export_onnx(final, self.args.imgsz)
-            check = check_onnx(onnx_file, self.model, self.args.imgsz)
-            (self.save_dir / "onnx_check.json").write_text(json.dumps({"file": str(onnx_file), **check}, indent=2))
-            status = "matches" if check["match"] else "DOES NOT match"
-            LOGGER.info(
-                f"{self.prefix}ONNX {onnx_file.name} {status} PyTorch (max abs diff {check['max_abs_diff']:.2e}), "
-                f"onnxruntime CPU {check['onnx_ms']:.2f}ms"
-            )
-        log_summary(self.rows[0], self.rows[-1])
-        return final
+    # resume ------------------------------------------------------------------------------------------------------------
+    def find_resume_dir(self, resume) -> Path:
+        """The run folder to resume: `resume=path` (the folder or a file in it) or the latest unfinished run."""
+        if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"}:
+            path = Path(resume)
+            path = path if path.is_dir() else path.parent
+            if not (path / "args.yaml").exists():
+                raise UserError(f"'resume={resume}' is not a {self.mode} run folder (no args.yaml in {path})")
+            if (path / "weights" / f"{self.result_name}.pt").exists():
+                raise UserError(f"'resume={resume}': that {self.mode} run is finished ({self.result_name}.pt exists)")
+            return path
+        runs = sorted((p.parent for p in self.project.glob("*/args.yaml")), key=lambda p: p.stat().st_mtime)
+        unfinished = [p for p in runs if not (p / "weights" / f"{self.result_name}.pt").exists()]
+        if not unfinished:
+            raise UserError(f"no unfinished {self.mode} run in {self.project} to resume: pass 'resume=<run folder>'")
+        return unfinished[-1]
 
-    def load_resume_state(self) -> int:
-        """Reload rows and the last finished step's model; return the next step number."""
+    def restore(self) -> int:
+        """Reload the rows and the last finished step's model; return the next step."""
+        if not self.csv.exists():  # stopped before the baseline row was written
+            self.model = load_detection_model(self.args.model)
+            return self.begin()
         self.rows = read_csv(self.csv)
         last = int(self.rows[-1]["step"])
-        state = self.save_dir / f"step{last}" / "weights" / "step.pt" if last else None
-        self.model = load_detection_model(state) if state else load_detection_model(self.args.model)
-        if not last:
-            replace_blocks(self.model)
+        self.model = load_detection_model(self.step_file(last)) if last else self.input_model()
         LOGGER.info(f"{self.prefix}resuming {self.save_dir} after step {last}")
         return last + 1

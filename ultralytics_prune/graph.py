@@ -1,7 +1,8 @@
 """Channel dependency graph of an Ultralytics detection model, built with torch-pruning (DepGraph).
 
-The graph answers one question for both recipes: which channels may be removed together. Three Ultralytics
-details need care when tracing:
+The graph answers one question for both recipes: which channels may be removed together. Everything a trace needs
+(the example input, the layers held by the user, the tracer settings) lives here, so the graph and the pruner trace
+alike. Three Ultralytics details need care when tracing:
 
 - the Detect head's last convolutions have a channel count fixed by the classes and the box coding: held;
 - attention blocks reshape channels into heads; tracing through them makes torch-pruning's index mapping grow
@@ -22,6 +23,9 @@ import torch_pruning as tp
 from torch_pruning.pruner.function import BasePruningFunc
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.modules.block import AAttn, Attention
+
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.patches.blocks import TWINS, replace_blocks
 
 ATTENTION_TYPES = (Attention, AAttn)
 
@@ -119,6 +123,41 @@ def raw_head_outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tenso
     return tensors
 
 
+def example_input(model: nn.Module, imgsz: int) -> torch.Tensor:
+    """A zero image batch of one, `imgsz` x `imgsz`, on the model's device."""
+    return torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
+
+
+def hold_modules(model: nn.Module, hold: Iterable[str]) -> list[nn.Module]:
+    """Resolve `hold` entries (layer indices like '22' or module names like 'model.9.cv2') to modules.
+
+    Raises:
+        UserError: An entry names no module of `model`.
+    """
+    named = dict(model.named_modules())
+    modules = []
+    for key in hold:
+        name = f"model.{key}" if key.isdigit() else key
+        if name not in named:
+            raise UserError(f"'hold={key}' names no layer of the model; use a layer index or a module name")
+        modules.append(named[name])
+    return modules
+
+
+def trace_settings() -> dict:
+    """Keyword arguments that every torch-pruning trace of a model takes (the graph's and the pruner's)."""
+    return {"forward_fn": raw_head_outputs, "customized_pruners": attention_pruners()}
+
+
+@contextmanager
+def tracing(model: nn.Module) -> Iterator[None]:
+    """While active, `model` can be traced: gradients on for every parameter, attention layers opaque."""
+    for p in model.parameters():
+        p.requires_grad_(True)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
+    with opaque_attention(model), torch.enable_grad():
+        yield
+
+
 def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
     """Trace `model` into a torch-pruning dependency graph.
 
@@ -127,18 +166,11 @@ def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
         imgsz (int): Side of the square example input used for tracing; any multiple of the largest stride works.
 
     Returns:
-        (tp.DependencyGraph): The graph; the model is left in eval mode with gradients enabled on all parameters.
+        (tp.DependencyGraph): The graph; every parameter of the model is left with gradients on.
     """
-    device = next(model.parameters()).device
-    for p in model.parameters():
-        p.requires_grad_(True)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
-    with opaque_attention(model), torch.enable_grad():
+    with tracing(model):
         return tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=torch.zeros(1, 3, imgsz, imgsz, device=device),
-            forward_fn=raw_head_outputs,
-            customized_pruners=attention_pruners(),
-            verbose=False,
+            model, example_inputs=example_input(model, imgsz), verbose=False, **trace_settings()
         )
 
 
@@ -164,8 +196,6 @@ def prunable_batchnorms(model: nn.Module, imgsz: int = 64) -> list[nn.BatchNorm2
     Returns:
         (list[nn.BatchNorm2d]): The prunable BatchNorm layers of `model`, in module order.
     """
-    from ultralytics_prune.patches.blocks import TWINS, replace_blocks
-
     probe = copy.deepcopy(model).float()
     replace_blocks(probe)
     graph = build_graph(probe, imgsz)

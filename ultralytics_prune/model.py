@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ultralytics import YOLO
 
+from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
+from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.trainer import SparsityTrainer
+from ultralytics_prune.pruner import DepGraphPruner
+from ultralytics_prune.slim import NetworkSlimmer
+
+RECIPES = {"prune": DepGraphPruner, "slim": NetworkSlimmer}
+
+
+def run_recipe(mode: str, overrides: dict) -> Path:
+    """Check the keys once and run the `prune` or `slim` recipe; return the final checkpoint.
+
+    Args:
+        mode (str): 'prune' or 'slim'.
+        overrides (dict): The user's keys; `epochs` means fine-tune epochs.
+
+    Raises:
+        UserError: A key, value, path or checkpoint the user must fix (found before anything is written).
+    """
+    args = get_prune_cfg(overrides={**recipe_overrides(overrides), "mode": mode})
+    return RECIPES[mode](args)()
 
 
 class YOLOPrune(YOLO):
@@ -30,7 +52,7 @@ class YOLOPrune(YOLO):
         """The checkpoint path of this model plus the user's keys."""
         model = kwargs.pop("model", None) or getattr(self.model, "pt_path", None) or self.ckpt_path
         if not model or not str(model).endswith(".pt"):
-            raise ValueError("pruning needs a trained checkpoint: load one, e.g. YOLOPrune('best.pt').prune(data=...)")
+            raise UserError("pruning needs a trained checkpoint: load one, e.g. YOLOPrune('best.pt').prune(data=...)")
         return {"data": self.overrides.get("data"), **kwargs, "model": str(model)}
 
     def prune(self, **kwargs) -> YOLOPrune:
@@ -39,9 +61,7 @@ class YOLOPrune(YOLO):
         Args:
             **kwargs: Ultralytics and ultralytics-prune keys, e.g. `data`, `rate`, `iterative_steps`, `epochs`.
         """
-        from ultralytics_prune.pruner import DepGraphPruner
-
-        return YOLOPrune(str(DepGraphPruner(self._recipe_overrides(kwargs))()))
+        return YOLOPrune(str(run_recipe("prune", self._recipe_overrides(kwargs))))
 
     def slim(self, **kwargs) -> YOLOPrune:
         """Network Slimming by BatchNorm gamma with fine-tuning (`yolo slim`); returns a `YOLOPrune` of the result.
@@ -49,6 +69,4 @@ class YOLOPrune(YOLO):
         Args:
             **kwargs: Ultralytics and ultralytics-prune keys, e.g. `data`, `rate` or `threshold`, `epochs`.
         """
-        from ultralytics_prune.slim import NetworkSlimmer
-
-        return YOLOPrune(str(NetworkSlimmer(self._recipe_overrides(kwargs))()))
+        return YOLOPrune(str(run_recipe("slim", self._recipe_overrides(kwargs))))

@@ -1,17 +1,21 @@
-"""DepGraph iterative pruning (torch-pruning): prune channels in steps, fine-tune after each, stop on mAP loss."""
+"""DepGraph iterative pruning (`yolo prune`, torch-pruning): what each step of the loop removes, and by which measure.
+
+What is important (an importance criterion, `build_importance`) is kept apart from how it is removed (torch-pruning's
+`BasePruner` on the model's dependency graph, `DepGraphPruner.remove`).
+"""
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from ultralytics.utils import LOGGER, TQDM
+from ultralytics.data import build_dataloader, build_yolo_dataset
+from ultralytics.data.utils import check_det_dataset
 
+from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
-from ultralytics_prune.graph import attention_pruners, held_layers, opaque_attention, raw_head_outputs
-from ultralytics_prune.report import count_macs_params, model_example_input
+from ultralytics_prune.graph import example_input, held_layers, hold_modules, trace_settings, tracing
+from ultralytics_prune.report import count_macs_params
 
 
 def build_importance(name: str) -> tp.importance.Importance:
@@ -27,83 +31,91 @@ def build_importance(name: str) -> tp.importance.Importance:
     }[name]()
 
 
-def hold_modules(model: nn.Module, hold: list[str]) -> list[nn.Module]:
-    """Resolve `hold` entries (layer indices like '22' or module names like 'model.9.cv2') to modules."""
-    named = dict(model.named_modules())
-    modules = []
-    for key in hold:
-        name = f"model.{key}" if key.isdigit() else key
-        if name not in named:
-            raise ValueError(f"'hold={key}' names no layer of the model; use a layer index or a module name")
-        modules.append(named[name])
-    return modules
-
-
 def step_ratios(rate: float, steps: int) -> list[float]:
     """Cumulative channel ratio after each step (linear schedule, as torch-pruning's), step 0 = 0."""
     return [rate * i / steps for i in range(steps + 1)]
 
 
+def loss_gradients(model: nn.Module, args, batches: int = 4) -> None:
+    """Fill the parameter gradients of `model` with the detection loss of a few training batches (for Taylor).
+
+    The loss needs `model.args`; it is set for the call and put back, so nothing of it reaches a checkpoint.
+    """
+    data = check_det_dataset(args.data)
+    dataset = build_yolo_dataset(args, data["train"], args.batch, data, mode="val", stride=32)
+    loader = build_dataloader(dataset, args.batch, 0, shuffle=False)
+    saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
+    model.args, model.criterion = args, None
+    try:
+        model.train()
+        model.zero_grad()
+        for i, batch in enumerate(loader):
+            batch["img"] = batch["img"].float() / 255
+            loss, _ = model.loss(batch)
+            loss.sum().backward()
+            if i + 1 >= batches:
+                break
+    finally:
+        for k in ("args", "criterion"):
+            model.__dict__.pop(k, None)
+        model.__dict__.update(saved)
+
+
 class DepGraphPruner(PruneRun):
     """`yolo prune`: torch-pruning's DepGraph structured pruning, iterative with fine-tuning.
 
-    Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate` (or until
-    MACs reach `target_macs` / fall by `speedup`), validates ("pre"), fine-tunes for `epochs` and validates again
-    ("post"). A step whose mAP50-95 ends more than `max_map_drop` below the baseline stops the run and the last good
-    model is kept.
+    Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate`, or, with
+    `target_macs` / `speedup`, so that MACs fall geometrically to that goal; the loop around it validates, fine-tunes
+    for `epochs` and stops when mAP50-95 falls more than `max_map_drop` below the start.
     """
 
     mode = "prune"
     result_name = "pruned"
 
-    def make_pruner(self, ratio: float, iterative_steps: int = 1) -> tp.pruner.MetaPruner:
-        """A torch-pruning MetaPruner for the current model, removing `ratio` of its current channels."""
+    @property
+    def n_steps(self) -> int:
+        """`iterative_steps`."""
+        return self.args.iterative_steps
+
+    def remove(self, step: int) -> dict:
+        """Remove channels up to this step's cumulative ratio, or down to this step's MACs goal."""
+        goal = self.macs_goal()
+        if goal is None:
+            ratios = step_ratios(self.args.rate, self.n_steps)
+            self.prune_to(ratios[step - 1], ratios[step])
+            return {"ratio": ratios[step]}
+        base = self.rows[0]["macs_G"] * 1e9
+        self.prune_to_macs(base * (goal / base) ** (step / self.n_steps))
+        return {"ratio": 0.0}
+
+    def make_pruner(self, ratio: float, iterative_steps: int = 1) -> tp.pruner.BasePruner:
+        """A torch-pruning pruner for the current model, removing `ratio` of its current channels."""
         model = self.model
         held = held_layers(model, hold_modules(model, self.args.hold))
-        with opaque_attention(model), torch.enable_grad():
-            return tp.pruner.MetaPruner(
+        with tracing(model):
+            return tp.pruner.BasePruner(
                 model,
-                model_example_input(model, max(64, self.args.imgsz)),
+                example_input(model, max(64, self.args.imgsz)),
                 importance=build_importance(self.args.importance),
                 global_pruning=self.args.global_pruning,
                 pruning_ratio=ratio,
                 iterative_steps=iterative_steps,
                 ignored_layers=held,
                 round_to=self.args.round_to if self.args.round_to > 1 else None,
-                customized_pruners=attention_pruners(),
-                forward_fn=raw_head_outputs,
                 root_module_types=[nn.Conv2d],
+                **trace_settings(),
             )
 
-    def compute_gradients(self) -> None:
-        """Fill parameter gradients for the Taylor criterion with the detection loss of a few training batches."""
-        from ultralytics.data import build_dataloader, build_yolo_dataset
-        from ultralytics.data.utils import check_det_dataset
-
-        from ultralytics_prune.config import ultralytics_args
-
-        args = ultralytics_args(self.args)
-        data = check_det_dataset(self.args.data)
-        dataset = build_yolo_dataset(args, data["train"], self.args.batch, data, mode="val", stride=32)
-        loader = build_dataloader(dataset, self.args.batch, 0, shuffle=False)
-        model = self.model.train()
-        model.args = args
-        model.criterion = None
-        model.zero_grad()
-        for i, batch in enumerate(loader):
-            batch["img"] = batch["img"].float() / 255
-            loss, _ = model.loss(batch)
-            loss.sum().backward()
-            if i >= 3:
-                break
+    def step_pruner(self, pruner: tp.pruner.BasePruner) -> None:
+        """One `pruner.step()`, with the loss gradients it needs first when the criterion is Taylor."""
+        if self.args.importance == "taylor":
+            loss_gradients(self.model, ultralytics_args(self.args))
+        pruner.step()
+        self.model.zero_grad(set_to_none=True)
 
     def prune_to(self, ratio_now: float, ratio_next: float) -> None:
         """Remove channels so the cumulative share removed goes from `ratio_now` to `ratio_next`."""
-        relative = 1 - (1 - ratio_next) / (1 - ratio_now)
-        pruner = self.make_pruner(relative)
-        if self.args.importance == "taylor":
-            self.compute_gradients()
-        pruner.step()
+        self.step_pruner(self.make_pruner(1 - (1 - ratio_next) / (1 - ratio_now)))
 
     def prune_to_macs(self, target_macs: float) -> None:
         """Remove channels in small increments until the model's MACs are at most `target_macs`."""
@@ -111,9 +123,7 @@ class DepGraphPruner(PruneRun):
         for _ in range(45):
             if count_macs_params(self.model, self.args.imgsz)[0] <= target_macs:
                 return
-            if self.args.importance == "taylor":
-                self.compute_gradients()
-            pruner.step()
+            self.step_pruner(pruner)
 
     def macs_goal(self) -> float | None:
         """Final MACs goal from `target_macs` (GMACs) or `speedup`, or None when `rate` rules."""
@@ -123,67 +133,3 @@ class DepGraphPruner(PruneRun):
         if self.args.speedup:
             return base / self.args.speedup
         return None
-
-    def steps(self) -> Iterator[dict]:
-        """Prune, validate, fine-tune and validate, `iterative_steps` times (see class docstring)."""
-        n = self.args.iterative_steps
-        start = self.load_resume_state() if self.resuming else 1
-        ratios = step_ratios(self.args.rate, n)
-        goal = self.macs_goal()
-        base = self.rows[0]
-        for step in TQDM(range(start, n + 1), desc=f"{self.prefix}steps", total=n, initial=start - 1):
-            step_dir = self.save_dir / f"step{step}"
-            if goal is None:
-                self.prune_to(ratios[step - 1], ratios[step])
-            else:
-                self.prune_to_macs(base["macs_G"] * 1e9 * (goal / (base["macs_G"] * 1e9)) ** (step / n))
-            self.model.zero_grad(set_to_none=True)
-            map50_pre, map_pre = self.validate(self.model)
-            if self.args.finetune_epochs > 0:
-                self.finetune(self.model, step_dir, self.args.finetune_epochs)
-                map50_post, map_post = self.validate(self.model)
-            else:
-                map50_post, map_post = map50_pre, map_pre
-            row = {
-                "step": step,
-                "ratio": ratios[step] if goal is None else 0.0,
-                **self.measure(self.model),
-                "mAP50_pre": map50_pre,
-                "mAP50-95_pre": map_pre,
-                "mAP50_post": map50_post,
-                "mAP50-95_post": map_post,
-            }
-            if base["mAP50-95_post"] - map_post > self.args.max_map_drop:
-                LOGGER.warning(
-                    f"{self.prefix}step {step}: mAP50-95 {map_post:.4f} is more than max_map_drop="
-                    f"{self.args.max_map_drop} below the baseline {base['mAP50-95_post']:.4f}; stopping and keeping "
-                    f"the model of step {step - 1}"
-                )
-                previous = self.save_dir / f"step{step - 1}" / "weights" / "step.pt"
-                if step > 1:
-                    from ultralytics_prune.checkpoint import load_detection_model
-
-                    self.model = load_detection_model(previous)
-                else:
-                    self.model = self.reload_unpruned()
-                break
-            self.save_step(step_dir)
-            self.record(row)
-            yield row
-
-    def reload_unpruned(self) -> nn.Module:
-        """The input model again (with block twins), when even the first step lost too much mAP."""
-        from ultralytics_prune.checkpoint import load_detection_model
-        from ultralytics_prune.patches.blocks import replace_blocks
-
-        model = load_detection_model(self.args.model)
-        replace_blocks(model)
-        return model
-
-    def save_step(self, step_dir) -> None:
-        """Keep the finished step's model, for resume and for falling back to the last good step."""
-        from ultralytics_prune.checkpoint import save_checkpoint
-        from ultralytics_prune.config import ultralytics_args
-
-        self.mark_pruned(self.model)
-        save_checkpoint(self.model, step_dir / "weights" / "step.pt", train_args=vars(ultralytics_args(self.args)))

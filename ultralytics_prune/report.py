@@ -1,4 +1,4 @@
-"""Numbers a pruning run reports: MACs, parameters, measured latency, ONNX check, CSV table and plot."""
+"""Numbers a pruning run reports: MACs, parameters, measured latency, the ONNX check, the CSV table, the summary line."""
 
 from __future__ import annotations
 
@@ -13,19 +13,14 @@ import torch.nn as nn
 import torch_pruning as tp
 from ultralytics.utils import LOGGER, colorstr
 
-PREFIX = colorstr("prune: ")
-
-
-def model_example_input(model: nn.Module, imgsz: int) -> torch.Tensor:
-    """A zero image batch of one on the model's device."""
-    return torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
+from ultralytics_prune.graph import example_input
 
 
 def count_macs_params(model: nn.Module, imgsz: int) -> tuple[float, int]:
     """Return (MACs, parameters) of `model` for one `imgsz` x `imgsz` image (eval mode, model left unchanged)."""
     probe = deepcopy(model).eval()
     with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(probe, model_example_input(probe, imgsz))
+        macs, params = tp.utils.count_ops_and_params(probe, example_input(probe, imgsz))
     return float(macs), int(params)
 
 
@@ -61,8 +56,7 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
     """
     import onnxruntime as ort
 
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, imgsz, imgsz)
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     ref_model = deepcopy(model).float().cpu().eval()
     ref_model = ref_model.fuse() if hasattr(ref_model, "fuse") else ref_model
     with torch.inference_mode():
@@ -121,39 +115,10 @@ def read_csv(file: str | Path) -> list[dict]:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_prune_results(rows: list[dict], file: str | Path) -> Path:
-    """Plot MACs, parameters, mAP50-95 (before and after fine-tuning) and latency against the pruning step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(2, 2, figsize=(11, 7), tight_layout=True)
-    ax[0, 0].plot(steps, [r["macs_G"] for r in rows], "o-")
-    ax[0, 0].set_title("MACs (G)")
-    ax[0, 1].plot(steps, [r["params_M"] for r in rows], "o-")
-    ax[0, 1].set_title("parameters (M)")
-    ax[1, 0].plot(steps, [r["mAP50-95_pre"] for r in rows], "o--", label="after pruning")
-    ax[1, 0].plot(steps, [r["mAP50-95_post"] for r in rows], "o-", label="after fine-tuning")
-    ax[1, 0].plot(steps, [r["mAP50_post"] for r in rows], "s:", label="mAP50 after fine-tuning")
-    ax[1, 0].set_title("mAP")
-    ax[1, 0].legend()
-    ax[1, 1].plot(steps, [r["latency_ms"] for r in rows], "o-")
-    ax[1, 1].set_title("CPU latency, PyTorch (ms)")
-    for a in ax.ravel():
-        a.set_xlabel("step (0 = unpruned)")
-        a.grid(alpha=0.3)
-    file = Path(file)
-    fig.savefig(file, dpi=120)
-    plt.close(fig)
-    return file
-
-
-def log_summary(first: dict, last: dict) -> str:
-    """One line: MACs, parameters, mAP50-95 and measured latency before -> after."""
+def log_summary(mode: str, first: dict, last: dict) -> str:
+    """One line naming the run's mode: MACs, parameters, mAP50-95 and measured latency before -> after."""
     line = (
-        f"{PREFIX}MACs {first['macs_G']:.3f}G -> {last['macs_G']:.3f}G, "
+        f"{colorstr(f'{mode}: ')}MACs {first['macs_G']:.3f}G -> {last['macs_G']:.3f}G, "
         f"params {first['params_M']:.3f}M -> {last['params_M']:.3f}M, "
         f"mAP50-95 {first['mAP50-95_post']:.4f} -> {last['mAP50-95_post']:.4f}, "
         f"CPU latency {first['latency_ms']:.2f}ms -> {last['latency_ms']:.2f}ms"

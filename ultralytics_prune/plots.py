@@ -1,0 +1,104 @@
+"""Every plot a run leaves behind, drawn under Ultralytics' `plt_settings` (the caller's backend is restored)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ultralytics.utils import plt_settings
+
+from ultralytics_prune.sparsity import HIST_EDGES
+
+HIST_CENTERS = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
+
+
+@plt_settings()
+def plot_prune_results(rows: list[dict], file: str | Path) -> Path:
+    """Plot MACs, parameters, mAP (after the cut and after fine-tuning) and latency against the pruning step.
+
+    Args:
+        rows (list[dict]): The rows of `<mode>_results.csv`, row 0 the unpruned model.
+        file (str | Path): PNG path to write.
+    """
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(2, 2, figsize=(11, 7), tight_layout=True)
+    ax[0, 0].plot(steps, [r["macs_G"] for r in rows], "o-")
+    ax[0, 0].set_title("MACs (G)")
+    ax[0, 1].plot(steps, [r["params_M"] for r in rows], "o-")
+    ax[0, 1].set_title("parameters (M)")
+    ax[1, 0].plot(steps, [r["mAP50-95_pre"] for r in rows], "o--", label="mAP50-95 after pruning")
+    ax[1, 0].plot(steps, [r["mAP50-95_post"] for r in rows], "o-", label="mAP50-95 after fine-tuning")
+    ax[1, 0].plot(steps, [r["mAP50_post"] for r in rows], "s:", label="mAP50 after fine-tuning")
+    ax[1, 0].set_title("mAP")
+    ax[1, 0].legend()
+    ax[1, 1].plot(steps, [r["latency_ms"] for r in rows], "o-")
+    ax[1, 1].set_title("CPU latency, PyTorch (ms)")
+    for a in ax.ravel():
+        a.set_xlabel("step (0 = unpruned)")
+        a.grid(alpha=0.3)
+    return _save(fig, file)
+
+
+@plt_settings()
+def plot_gamma_heatmap(histograms: Sequence[np.ndarray], file: str | Path, title: str = "BatchNorm |gamma|") -> Path:
+    """Plot one |gamma| histogram per epoch as a heat-map (epochs on x, log10 |gamma| on y) and the end curves.
+
+    Args:
+        histograms (Sequence[np.ndarray]): Counts per epoch from `sparsity.gamma_histogram`.
+        file (str | Path): PNG path to write.
+        title (str): Figure title.
+    """
+    import matplotlib.pyplot as plt
+
+    data = np.stack(histograms, 1).astype(float)  # (bins, epochs)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5), tight_layout=True)
+    extent = (0.5, data.shape[1] + 0.5, HIST_EDGES[0], HIST_EDGES[-1])
+    im = ax0.imshow(np.log1p(data), aspect="auto", origin="lower", cmap="viridis", extent=extent)
+    ax0.set_xlabel("epoch")
+    ax0.set_ylabel("log10 |gamma|")
+    ax0.set_title(f"{title} per epoch (colour: log(1 + channels))")
+    fig.colorbar(im, ax=ax0)
+    for i in sorted({0, data.shape[1] - 1}):
+        ax1.plot(HIST_CENTERS, data[:, i], label=f"epoch {i + 1}", linewidth=2)
+    ax1.set_xlabel("log10 |gamma|")
+    ax1.set_ylabel("channels")
+    ax1.set_title("first and last epoch")
+    ax1.legend()
+    return _save(fig, file)
+
+
+@plt_settings()
+def plot_gamma_before_after(histograms: dict[str, np.ndarray], file: str | Path, threshold: float = 0.0) -> Path:
+    """Plot |gamma| histograms (log10 axis) of the prunable BatchNorms, one curve per stage of a slim run.
+
+    Args:
+        histograms (dict[str, np.ndarray]): Stage name -> counts from `sparsity.gamma_histogram`.
+        file (str | Path): PNG path to write.
+        threshold (float): The |gamma| threshold used, drawn as a vertical line when > 0.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), tight_layout=True)
+    for label, counts in histograms.items():
+        ax.step(HIST_CENTERS, counts, where="mid", label=f"{label} ({int(np.sum(counts))} channels)", linewidth=2)
+    if threshold > 0:
+        ax.axvline(np.log10(threshold), color="k", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("log10 |gamma|")
+    ax.set_ylabel("channels")
+    ax.set_title("BatchNorm |gamma| of the prunable layers")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, file)
+
+
+def _save(fig, file: str | Path) -> Path:
+    """Write `fig` to `file` and close it."""
+    import matplotlib.pyplot as plt
+
+    file = Path(file)
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+    return file
