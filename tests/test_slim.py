@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,21 +187,11 @@ def test_network_slimmer_end_to_end(synthetic_data, runs_dir):
     )  # fmt: skip
     last = runs_dir / "slim_sparse" / "weights" / "last.pt"
     assert last.exists()
-    final = NetworkSlimmer(
-        {
-            "model": str(last),
-            "data": str(synthetic_data),
-            "rate": 0.3,
-            "epochs": 1,
-            "imgsz": IMGSZ,
-            "batch": 8,
-            "workers": 0,
-            "project": str(runs_dir / "slim"),
-            "name": "e2e",
-            "exist_ok": True,
-            "plots": False,
-        }
-    )()
+    slimmed = YOLOPrune(str(last)).slim(
+        data=str(synthetic_data), rate=0.3, epochs=1, imgsz=IMGSZ, batch=8, workers=0,
+        project=str(runs_dir / "slim"), name="e2e", exist_ok=True, plots=False,
+    )  # fmt: skip
+    final = Path(slimmed.ckpt_path)
     run = runs_dir / "slim" / "e2e"
     assert final == run / "weights" / "slimmed.pt"
     for name in ("slim_results.csv", "slim_layers.csv", "gamma_before_after.png", "weights/slimmed.pt",
@@ -214,6 +205,5 @@ def test_network_slimmer_end_to_end(synthetic_data, runs_dir):
     layers = read_csv(run / "slim_layers.csv")
     assert {"name", "channels_before", "channels_after", "threshold"} <= set(layers[0])
     assert sum(r["channels_before"] - r["channels_after"] for r in layers) > 0
-    assert (run / "finetune" / "weights").is_dir()
-    slimmed = YOLOPrune(str(final))
+    assert (run / "step1" / "weights" / "step.pt").is_file() and (run / "step1" / "results.csv").is_file()
     assert slimmed.model.yaml["pruned"]["method"] == "slim"

@@ -8,10 +8,15 @@ summary. A recipe is a small subclass that says what one step removes and how ma
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import torch
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import load_checkpoint
@@ -27,6 +32,21 @@ from ultralytics_prune.patches.trainer import PrunedModelTrainer
 from ultralytics_prune.plots import plot_prune_results
 from ultralytics_prune.report import check_onnx, count_macs_params, export_onnx, log_summary, measure_latency
 from ultralytics_prune.report import read_csv, write_csv
+
+
+@contextmanager
+def caller_random_state() -> Iterator[None]:
+    """Give the caller back its random generators: Ultralytics' trainer seeds the global ones (`init_seeds`)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class PruneRun:
@@ -197,8 +217,9 @@ class PruneRun:
             "mode": "train",
             "save_dir": str(step_dir),
         }
-        trainer = PrunedModelTrainer(overrides=overrides)
-        trainer.train()
+        with caller_random_state():
+            trainer = PrunedModelTrainer(overrides=overrides)
+            trainer.train()
         best = trainer.best if trainer.best.exists() else trainer.last
         tuned, _ = load_checkpoint(best)
         model.load_state_dict(tuned.float().state_dict())
