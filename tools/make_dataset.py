@@ -420,14 +420,7 @@ def make_synthetic_dataset(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse command-line arguments.
-
-    Args:
-        argv (list[str] | None): Arguments, or None for sys.argv.
-
-    Returns:
-        (argparse.Namespace): Parsed arguments.
-    """
+    """Parse the synthetic-set options (`--out`, sizes, classes, seed) from `argv` or sys.argv."""
     p = argparse.ArgumentParser(description="Generate a synthetic YOLO detection dataset of colored shapes.")
     p.add_argument("--out", default="datasets/synthetic", help="output folder (default: datasets/synthetic)")
     p.add_argument("--n-train", type=int, default=64, help="number of training images")
@@ -440,14 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: generate the dataset and print the data.yaml path.
-
-    Args:
-        argv (list[str] | None): Arguments, or None for sys.argv.
-
-    Returns:
-        (int): Exit status, 0 on success and 2 on a bad argument.
-    """
+    """Make the dataset from the command line and print its data.yaml path; exit status 2 on a bad argument."""
     args = parse_args(argv)
     try:
         yaml_file = make_synthetic_dataset(

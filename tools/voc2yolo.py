@@ -441,14 +441,7 @@ def convert_voc(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse command-line arguments.
-
-    Args:
-        argv (list[str] | None): Arguments, or None for sys.argv.
-
-    Returns:
-        (argparse.Namespace): Parsed arguments.
-    """
+    """Parse the VOC root, `--out`, the split and the class options from `argv` or sys.argv."""
     p = argparse.ArgumentParser(description="Convert a Pascal VOC dataset to Ultralytics YOLO format.")
     p.add_argument("voc_root", help="VOC folder (Annotations/ + JPEGImages/, or images and .xml side by side)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
@@ -460,24 +453,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: convert and print the data.yaml path.
-
-    Args:
-        argv (list[str] | None): Arguments, or None for sys.argv.
-
-    Returns:
-        (int): Exit status, 0 on success and 2 on an input error.
-    """
+    """Convert from the command line and print the data.yaml path; exit status 2 on an input error."""
     args = parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
     try:
-        yaml_file = convert_voc(args.voc_root, args.out, args.val_ratio, args.seed, classes, args.skip_difficult)
+        print(convert_voc(args.voc_root, args.out, args.val_ratio, args.seed, classes, args.skip_difficult))
     except (ValueError, OSError) as e:
-        LOGGER.error(str(e))
+        LOGGER.error(f"voc2yolo: {e}")
         return 2
-    print(yaml_file)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from ultralytics import __version__ as ULTRALYTICS_VERSION
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 
 from ultralytics_prune import __version__
 from ultralytics_prune.errors import UserError
@@ -47,6 +47,18 @@ def is_pruned(model: nn.Module) -> bool:
     return bool(pruned_info(model)) or any(isinstance(m, twins) for m in model.modules())
 
 
+def model_task(model) -> str:
+    """The task of a loaded model, read from its architecture (its yaml's head, else its modules).
+
+    Ultralytics' `guess_model_task(model)` asks `model.args` first, which its loader fills with the default
+    `task=detect` when a checkpoint's `train_args` lack one.
+    """
+    if not isinstance(model, nn.Module):
+        return type(model).__name__
+    yaml = getattr(model, "yaml", None)
+    return (guess_model_task(yaml) if isinstance(yaml, dict) else None) or guess_model_task(model)
+
+
 def load_detection_model(weights: str | Path) -> nn.Module:
     """Load a trained detection checkpoint as an FP32, trainable model, or raise one readable line.
 
@@ -67,10 +79,10 @@ def load_detection_model(weights: str | Path) -> nn.Module:
     except Exception as e:  # any failure to unpickle is the file's fault, not ours
         reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
         raise UserError(f"checkpoint '{weights}' could not be read ({type(e).__name__}: {reason}); is it corrupt?") from e
-    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
+    task = model_task(model)
+    if not isinstance(model, DetectionModel) or task != "detect":  # Segment, Pose, OBB subclass DetectionModel
         raise UserError(
-            f"checkpoint '{weights}' holds a '{getattr(model, 'task', type(model).__name__)}' model; "
-            f"ultralytics-prune prunes detection models (task=detect)"
+            f"checkpoint '{weights}' holds a '{task}' model; ultralytics-prune prunes detection models (task=detect)"
         )
     return make_trainable(model.float())
 

@@ -36,7 +36,11 @@ from ultralytics_prune.report import read_csv, write_csv
 
 @contextmanager
 def caller_random_state() -> Iterator[None]:
-    """Give the caller back its random generators: Ultralytics' trainer seeds the global ones (`init_seeds`)."""
+    """Give the caller back its global random generators.
+
+    Our own code draws from local generators only, but Ultralytics' trainer reseeds the global ones (`init_seeds`)
+    and its validator draws from Python's (`check_file_speeds`, the BGR flip of `Format`).
+    """
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
@@ -115,12 +119,13 @@ class PruneRun:
     # the run -----------------------------------------------------------------------------------------------------------
     def __call__(self) -> Path:
         """Run every step (see module docstring) and return the path of the final checkpoint."""
-        start = self.restore() if self.resuming else self.begin()
-        for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
-                         initial=start - 1):  # fmt: skip
-            if not self.run_step(step):
-                break
-        return self.finish()
+        with caller_random_state():
+            start = self.restore() if self.resuming else self.begin()
+            for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
+                             initial=start - 1):  # fmt: skip
+                if not self.run_step(step):
+                    break
+            return self.finish()
 
     def begin(self) -> int:
         """Swap in the block twins and record the unpruned model as row 0; return the first step."""
@@ -217,9 +222,8 @@ class PruneRun:
             "mode": "train",
             "save_dir": str(step_dir),
         }
-        with caller_random_state():
-            trainer = PrunedModelTrainer(overrides=overrides)
-            trainer.train()
+        trainer = PrunedModelTrainer(overrides=overrides)
+        trainer.train()
         best = trainer.best if trainer.best.exists() else trainer.last
         tuned, _ = load_checkpoint(best)
         model.load_state_dict(tuned.float().state_dict())

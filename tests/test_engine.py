@@ -1,0 +1,289 @@
+"""Tests of the pruning loop's shape: every importance, targets, the Python API, resume, errors, no side effects.
+
+CPU only, on the synthetic 64 px set of conftest.py and an untrained yolov8n checkpoint (mAP is not the point here);
+every run prunes without fine-tuning unless the test is about fine-tuning.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+from ultralytics.utils import LOGGER
+
+import ultralytics_prune.pruner as pruner_module
+from ultralytics_prune import UserError, YOLOPrune
+from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
+from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
+from ultralytics_prune.cli import entrypoint
+from ultralytics_prune.cfg import IMPORTANCES
+from ultralytics_prune.model import RECIPES
+from ultralytics_prune.patches.blocks import replace_blocks
+from ultralytics_prune.patches.trainer import PrunedModelTrainer
+from ultralytics_prune.report import count_macs_params, read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", max_map_drop=1.0)
+PRUNE_ONLY = dict(iterative_steps=1, finetune_epochs=0, onnx=False)
+
+
+@pytest.fixture(scope="module")
+def untrained(synthetic_data, tmp_path_factory) -> Path:
+    """An untrained yolov8n (3 classes) saved as an Ultralytics checkpoint."""
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    file = tmp_path_factory.mktemp("ckpt") / "v8n.pt"
+    return save_checkpoint(model, file, train_args={"data": str(synthetic_data), "imgsz": 64, "task": "detect"})
+
+
+def make_run(mode: str, **overrides):
+    """The recipe object `yolo <mode>` builds, on checked args."""
+    return RECIPES[mode](get_prune_cfg(overrides={**recipe_overrides(overrides), "mode": mode}))
+
+
+def run(mode: str, ckpt: Path, data: Path, project: Path, name: str, **kw):
+    """Run a recipe with the fast settings; return the run object and its final checkpoint."""
+    recipe = make_run(mode, model=str(ckpt), data=str(data), project=str(project), name=name, **{**FAST, **kw})
+    return recipe, recipe()
+
+
+def widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def kept_ratios(before: nn.Module, after: nn.Module) -> list[float]:
+    """out_channels after / before of every convolution (the same modules in the same order)."""
+    return [b / a for a, b in zip(widths(before), widths(after))]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# importance criteria, global ranking, compute targets
+
+
+@pytest.fixture(scope="module")
+def by_importance(untrained, synthetic_data, tmp_path_factory) -> dict[str, nn.Module]:
+    """The model pruned to rate 0.5 in one step by every importance criterion."""
+    project = tmp_path_factory.mktemp("importance")
+    return {
+        name: run("prune", untrained, synthetic_data, project, name, importance=name, rate=0.5, **PRUNE_ONLY)[0].model
+        for name in IMPORTANCES
+    }
+
+
+def test_every_importance_prunes_the_same_widths_but_other_channels(by_importance):
+    models = list(by_importance.values())
+    assert all(widths(m) == widths(models[0]) for m in models), "same rate per layer: same widths"
+    first = {name: next(m.modules().__iter__().__next__().parameters()).detach() for name, m in by_importance.items()}
+    distinct = {tuple(t.flatten()[:64].tolist()) for t in first.values()}
+    assert len(distinct) >= 3, "the criteria must keep different channels"
+    assert not torch.equal(first["taylor"], first["l2"]), "Taylor must not fall back to magnitude"
+
+
+def test_taylor_runs_a_gradient_pass_and_leaves_no_args(untrained, synthetic_data, tmp_path, monkeypatch):
+    seen = []
+    original = pruner_module.loss_gradients
+
+    def spy(model, args, batches=4):
+        original(model, args, batches)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        seen.append(sum(int(g.abs().sum() > 0) for g in grads))
+
+    monkeypatch.setattr(pruner_module, "loss_gradients", spy)
+    recipe, final = run("prune", untrained, synthetic_data, tmp_path, "taylor", importance="taylor", **PRUNE_ONLY)
+    assert len(seen) == 1 and seen[0] > 50, f"the detection loss must give gradients to the weights: {seen}"
+    args = recipe.model.__dict__.get("args", {})  # what Ultralytics' loader set, from the checkpoint's train_args
+    assert isinstance(args, dict) and "importance" not in args, "the loss's model.args must be put back"
+    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    assert "args" not in ckpt["model"].__dict__, "no model.args pickled into the checkpoint"
+
+
+def test_global_pruning_ranks_across_layers(untrained, synthetic_data, tmp_path):
+    reference = load_detection_model(untrained)
+    replace_blocks(reference)  # the same modules, in the same order, as the pruned model
+    local, _ = run("prune", untrained, synthetic_data, tmp_path, "local", rate=0.5, round_to=1, **PRUNE_ONLY)
+    ranked, _ = run("prune", untrained, synthetic_data, tmp_path, "global", rate=0.5, round_to=1, global_pruning=True,
+                    **PRUNE_ONLY)  # fmt: skip
+    local_ratios = [r for r in kept_ratios(reference, local.model) if r < 1]
+    global_ratios = [r for r in kept_ratios(reference, ranked.model) if r < 1]
+    assert max(local_ratios) - min(local_ratios) < 0.02, "per-layer pruning keeps the same share everywhere"
+    assert max(global_ratios) - min(global_ratios) > 0.15, "a global ranking keeps different shares per layer"
+
+
+def test_target_macs(untrained, synthetic_data, tmp_path):
+    base = count_macs_params(load_detection_model(untrained), 64)[0] / 1e9
+    target = base * 0.5
+    _, final = run("prune", untrained, synthetic_data, tmp_path, "macs", target_macs=target, rate=0.1,
+                   iterative_steps=2, finetune_epochs=0, onnx=False)  # fmt: skip
+    rows = read_csv(tmp_path / "macs" / "prune_results.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert rows[-1]["macs_G"] <= target * 1.001, (rows[-1]["macs_G"], target)
+    assert rows[-1]["macs_G"] >= target * 0.6, "overshot the target by far"
+    assert rows[1]["macs_G"] > rows[2]["macs_G"], "MACs fall step by step towards the target"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the Python API and the CLI
+
+
+def test_python_prune_returns_the_pruned_model(untrained, synthetic_data, tmp_path):
+    pruned = YOLOPrune(str(untrained)).prune(data=str(synthetic_data), project=str(tmp_path), name="py", rate=0.5,
+                                             epochs=0, iterative_steps=1, onnx=False, **FAST)  # fmt: skip
+    assert isinstance(pruned, YOLOPrune)
+    assert Path(pruned.ckpt_path) == tmp_path / "py" / "weights" / "pruned.pt"
+    n = sum(p.numel() for p in pruned.model.parameters())
+    assert n < 0.45 * sum(p.numel() for p in load_detection_model(untrained).parameters())
+
+
+def test_yolo_slim_cli(untrained, synthetic_data, tmp_path):
+    entrypoint(f"yolo slim model={untrained} data={synthetic_data} rate=0.3 epochs=0 onnx=False imgsz=64 batch=16 "
+               f"workers=0 plots=False project={tmp_path} name=s")  # fmt: skip
+    run_dir = tmp_path / "s"
+    assert (run_dir / "weights" / "slimmed.pt").is_file()
+    rows = read_csv(run_dir / "slim_results.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1]
+    assert rows[1]["macs_G"] < rows[0]["macs_G"]
+    assert (run_dir / "slim_layers.csv").is_file() and (run_dir / "gamma_before_after.png").is_file()
+
+
+def test_unexpected_error_keeps_its_traceback(untrained, synthetic_data, tmp_path, monkeypatch):
+    def broken(self):
+        raise RuntimeError("boom in fine-tuning")
+
+    monkeypatch.setattr(PrunedModelTrainer, "train", broken)
+    with pytest.raises(RuntimeError, match="boom in fine-tuning"):  # not turned into a one-line exit 2
+        entrypoint(f"yolo prune model={untrained} data={synthetic_data} iterative_steps=1 epochs=1 onnx=False "
+                   f"imgsz=64 batch=16 workers=0 plots=False project={tmp_path} name=t")  # fmt: skip
+
+
+def test_task_check(synthetic_data, tmp_path):
+    seg = save_checkpoint(SegmentationModel("yolov8n-seg.yaml", nc=3, verbose=False), tmp_path / "seg.pt")
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Collect(level=logging.ERROR)
+    LOGGER.handlers.insert(0, handler)
+    try:
+        with pytest.raises(SystemExit) as e:
+            entrypoint(f"yolo prune model={seg} data={synthetic_data} project={tmp_path / 'p'}")
+    finally:
+        LOGGER.removeHandler(handler)
+    assert e.value.code == 2
+    assert len(lines) == 1 and "holds a 'segment' model" in lines[0] and "\n" not in lines[0], lines
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(UserError, match="task=detect"):
+        load_detection_model(seg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resume
+
+
+def interrupt_after_baseline(run_dir: Path, final_name: str) -> None:
+    """Make a finished run look as if it was killed right after its baseline row."""
+    csv_file = next(run_dir.glob("*_results.csv"))
+    csv_file.write_text("".join(csv_file.read_text().splitlines(keepends=True)[:2]))
+    for step in run_dir.glob("step*"):
+        shutil.rmtree(step)
+    (run_dir / "weights" / final_name).unlink()
+
+
+def test_slim_resume(untrained, synthetic_data, tmp_path):
+    first, final = run("slim", untrained, synthetic_data, tmp_path, "s", rate=0.3, finetune_epochs=0, onnx=False)
+    reference = widths(first.model)
+    interrupt_after_baseline(tmp_path / "s", "slimmed.pt")
+    resumed = make_run("slim", resume=str(tmp_path / "s"))
+    assert resumed() == final and final.is_file()
+    assert widths(load_detection_model(final)) == reference
+    assert [int(r["step"]) for r in read_csv(tmp_path / "s" / "slim_results.csv")] == [0, 1]
+    with pytest.raises(UserError, match="finished"):
+        make_run("slim", resume=str(tmp_path / "s"))
+
+
+def test_resume_true_finds_the_latest_unfinished_run(untrained, synthetic_data, tmp_path):
+    for name in ("older", "newer", "done"):
+        run("prune", untrained, synthetic_data, tmp_path, name, rate=0.4, iterative_steps=2, finetune_epochs=0,
+            onnx=False)  # fmt: skip
+    for name in ("older", "newer"):
+        interrupt_after_baseline(tmp_path / name, "pruned.pt")
+    (tmp_path / "newer" / "args.yaml").touch()  # the latest unfinished one; "done" is finished
+    recipe = make_run("prune", resume=True, project=str(tmp_path))
+    assert recipe.save_dir == tmp_path / "newer"
+    assert recipe() == tmp_path / "newer" / "weights" / "pruned.pt"
+    assert not (tmp_path / "older" / "weights" / "pruned.pt").exists()
+    with pytest.raises(UserError, match="no unfinished prune run"):
+        make_run("prune", resume=True, project=str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# no side effects on the caller's process
+
+
+def test_prune_leaves_rng_and_matplotlib_backend_alone(untrained, synthetic_data, tmp_path):
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        torch.manual_seed(1234)
+        np.random.seed(1234)
+        random.seed(1234)
+        states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+        YOLOPrune(str(untrained)).prune(data=str(synthetic_data), project=str(tmp_path), name="fx", rate=0.3,
+                                        epochs=1, iterative_steps=1, onnx=True, **FAST)  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), states[0]), "torch's global RNG was used or reseeded"
+        assert np.array_equal(np.random.get_state()[1], states[1]), "numpy's global RNG was used or reseeded"
+        assert random.getstate() == states[2], "Python's global RNG was used or reseeded"
+        assert matplotlib.get_backend().lower() == "svg", "the matplotlib backend was switched"
+        assert (tmp_path / "fx" / "prune_results.png").is_file()
+    finally:
+        matplotlib.use(backend)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the code's shape
+
+
+def project_modules() -> dict[str, Path]:
+    """Module name -> file of every module of ultralytics_prune, with patches/ and cfg/ under their package names."""
+    modules = {}
+    for folder, package in ((ROOT / "ultralytics_prune", "ultralytics_prune"), (ROOT / "patches",
+                            "ultralytics_prune.patches"), (ROOT / "cfg", "ultralytics_prune.cfg")):  # fmt: skip
+        for file in folder.glob("*.py"):
+            modules[package if file.stem == "__init__" else f"{package}.{file.stem}"] = file
+    return modules
+
+
+def test_no_import_cycle_and_no_long_module():
+    modules = project_modules()
+    assert len(modules) > 15
+    edges = {}
+    for name, file in modules.items():
+        tree = ast.parse(file.read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.update(m for m in modules if node.module == m or (node.module == m and node.names))
+                found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name in modules)
+        edges[name] = found - {name}
+        assert len(file.read_text().splitlines()) <= 400, f"{file} is over 400 lines"
+
+    def visit(node: str, path: list[str]) -> None:
+        assert node not in path, f"import cycle: {' -> '.join([*path, node])}"
+        for nxt in edges[node]:
+            if nxt != "ultralytics_prune":  # the package's __init__ re-exports; importing it is not a cycle here
+                visit(nxt, [*path, node])
+
+    for name in modules:
+        visit(name, [])
