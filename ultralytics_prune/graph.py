@@ -24,6 +24,7 @@ from torch_pruning.pruner.function import BasePruningFunc
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.modules.block import AAttn, Attention
 
+from ultralytics_prune.checkpoint import make_trainable
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.blocks import TWINS, replace_blocks
 
@@ -152,8 +153,7 @@ def trace_settings() -> dict:
 @contextmanager
 def tracing(model: nn.Module) -> Iterator[None]:
     """While active, `model` can be traced: gradients on for every parameter, attention layers opaque."""
-    for p in model.parameters():
-        p.requires_grad_(True)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
+    make_trainable(model)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
     with opaque_attention(model), torch.enable_grad():
         yield
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
 from ultralytics_prune.graph import example_input
@@ -83,8 +84,6 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
 
 def export_onnx(weights: str | Path, imgsz: int) -> Path:
     """Export a saved checkpoint to ONNX with Ultralytics' exporter (CPU, fixed shape) and return the file."""
-    from ultralytics import YOLO
-
     return Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, device="cpu", simplify=True, verbose=False))
 
 
