@@ -118,6 +118,21 @@ def test_global_pruning_ranks_across_layers(untrained, synthetic_data, tmp_path)
     assert max(global_ratios) - min(global_ratios) > 0.15, "a global ranking keeps different shares per layer"
 
 
+def test_step_of_one_eighth_removes_one_eighth_per_layer(untrained, synthetic_data, tmp_path):
+    """rate=0.125, round_to=8 on yolov8n: each prunable layer loses 12.5 % of its width to within one multiple."""
+    reference = load_detection_model(untrained)
+    replace_blocks(reference)
+    recipe, _ = run("prune", untrained, synthetic_data, tmp_path, "eighth", rate=0.125, round_to=8, **PRUNE_ONLY)
+    before, after = widths(reference), widths(recipe.model)
+    pruned = [(a, b) for a, b in zip(before, after) if b < a]
+    assert len(pruned) > 20, "the layers of 64 channels and more must lose channels"
+    for a, b in zip(before, after):
+        assert abs((a - b) - 0.125 * a) <= 8, (a, b)
+    row = read_csv(tmp_path / "eighth" / "prune_results.csv")[-1]
+    assert row["ratio"] == pytest.approx(0.125)
+    assert 0.05 < row["removed"] <= 0.125 + 1e-6, "the share really removed is recorded"
+
+
 def test_target_macs(untrained, synthetic_data, tmp_path):
     base = count_macs_params(load_detection_model(untrained), 64)[0] / 1e9
     target = base * 0.5

@@ -35,6 +35,7 @@ from ultralytics_prune.pruner import DepGraphPruner, step_ratios
 CSV_COLUMNS = [
     "step",
     "ratio",
+    "removed",
     "macs_G",
     "params_M",
     "latency_ms",

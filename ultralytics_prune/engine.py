@@ -111,8 +111,8 @@ class PruneRun:
         """The recipe's seam: remove this step's channels from `self.model` in place.
 
         Returns:
-            (dict): What it did, at least `ratio` (the share of prunable channels removed so far); its other entries
-                go to the step's row.
+            (dict): `ratio`, the cumulative share of prunable channels asked for so far, and `removed`, the share
+                really removed (they differ by rounding and by `min_channels`).
         """
         raise NotImplementedError
 
@@ -131,7 +131,8 @@ class PruneRun:
         """Swap in the block twins and record the unpruned model as row 0; return the first step."""
         replace_blocks(self.model)
         map50, map5095 = self.validate(self.model)
-        self.record({"step": 0, "ratio": 0.0, **self.measure(self.model), **self.map_columns(map50, map5095)})
+        row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model), **self.map_columns(map50, map5095)}
+        self.record(row)
         return 1
 
     def run_step(self, step: int) -> bool:
@@ -144,7 +145,8 @@ class PruneRun:
         if self.args.finetune_epochs > 0:
             self.finetune(self.model, step_dir, self.args.finetune_epochs)
             post = self.validate(self.model)
-        row = {"step": step, "ratio": done["ratio"], **self.measure(self.model), **self.map_columns(*pre, *post)}
+        row = {"step": step, "ratio": done["ratio"], "removed": done["removed"], **self.measure(self.model),
+               **self.map_columns(*pre, *post)}  # fmt: skip
         if self.lost_too_much(row):
             self.model = self.last_good_model(step)
             return False

@@ -177,8 +177,9 @@ def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
 def prunable_groups(
     graph: tp.DependencyGraph, held: Sequence[nn.Module], root_types: tuple = (nn.Conv2d,)
 ) -> Iterator[tp.Group]:
-    """Yield every group of coupled channels that can be removed without touching a held layer."""
-    yield from graph.get_all_groups(ignored_layers=list(held), root_module_types=root_types)
+    """Yield every group of coupled channels that can be removed without touching a held layer or its submodules."""
+    ignored = list({id(sub): sub for m in held for sub in m.modules()}.values())
+    yield from graph.get_all_groups(ignored_layers=ignored, root_module_types=root_types)
 
 
 def prunable_batchnorms(model: nn.Module, imgsz: int = 64) -> list[nn.BatchNorm2d]:

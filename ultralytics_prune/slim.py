@@ -213,4 +213,4 @@ class NetworkSlimmer(PruneRun):
         write_csv(report.layers, self.save_dir / "slim_layers.csv")
         histograms = {"before slimming": report.hist_before, "after slimming": report.hist_after}
         plot_gamma_before_after(histograms, self.save_dir / "gamma_before_after.png", report.threshold)
-        return {"ratio": report.ratio}
+        return {"ratio": report.requested / max(1, report.total), "removed": report.ratio}

@@ -1,0 +1,54 @@
+"""Tests of the width arithmetic (`ultralytics_prune.widths`): rounding to the nearest multiple, never compounding."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ultralytics_prune.widths import global_widths, kept_width
+
+ORIGINALS = (1, 3, 8, 16, 24, 32, 48, 64, 80, 128, 256, 512)
+RATIOS = [i / 40 for i in range(40)]
+
+
+@pytest.mark.parametrize("round_to", [1, 2, 4, 8, 16])
+def test_kept_width_is_the_nearest_multiple_never_zero_never_over_removing(round_to):
+    for original, ratio in itertools.product(ORIGINALS, RATIOS):
+        kept = kept_width(original, ratio, round_to)
+        asked = original * (1 - ratio)
+        assert 1 <= kept <= original, (original, ratio, kept)
+        assert kept >= min(round_to, original), "never below one multiple"
+        assert original - kept <= original - asked + round_to, "never removes more than asked by over one multiple"
+        if kept < original and kept > round_to:
+            assert kept % round_to == 0 and abs(kept - asked) <= round_to / 2 + 1e-9, (original, ratio, kept)
+
+
+def test_kept_width_examples():
+    assert kept_width(16, 0.125, 8) == 16, "torch-pruning's floor would keep 8: half the layer for a 12.5 % step"
+    assert kept_width(64, 0.125, 8) == 56
+    assert kept_width(16, 0.5, 8) == 8 and kept_width(16, 0.95, 8) == 8
+    assert kept_width(3, 0.9, 8) == 3, "a layer narrower than one multiple is kept whole"
+    assert kept_width(16, 0.125, 1) == 14
+
+
+def test_widths_do_not_compound_over_steps():
+    """Pruning 64 channels to 0.5 in 1, 2, 4 or 8 steps ends at the same width as one step."""
+    for steps in (1, 2, 4, 8):
+        width = 64
+        for i in range(1, steps + 1):
+            width = kept_width(64, 0.5 * i / steps, 8, current=width)
+        assert width == 32, steps
+    assert kept_width(64, 0.25, 8, current=40) == 40, "channels never come back"
+
+
+def test_global_widths_follow_one_ranking():
+    strong, weak = torch.linspace(10, 11, 32), torch.linspace(0, 1, 32)
+    widths = global_widths([strong, weak], [32, 32], ratio=0.5, round_to=1)
+    assert widths == [32, 1], "the weak layer loses everything the ranking allows (one channel always stays)"
+    widths = global_widths([strong, weak], [32, 32], ratio=0.25, round_to=8)
+    assert widths == [32, 16]
+    mixed = torch.arange(64.0)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    widths = global_widths([mixed[:32], mixed[32:]], [32, 32], ratio=0.5, round_to=1)
+    assert sum(widths) == 32
