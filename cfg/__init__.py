@@ -35,6 +35,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "global_pruning": ((bool,), lambda v: True, "True or False"),
     "target_macs": (_NUMBER, lambda v: v >= 0, "GMACs >= 0, e.g. 'target_macs=2.5'"),
     "speedup": (_NUMBER, lambda v: v == 0 or v >= 1, "0 or a factor >= 1, e.g. 'speedup=2'"),
+    "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
     "onnx": ((bool,), lambda v: True, "True or False"),

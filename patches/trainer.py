@@ -78,6 +78,8 @@ class SparsityTrainer(PrunedModelTrainer):
         super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
         self._prunable_bns: list[nn.BatchNorm2d] | None = None
         self._gamma_histograms: list = []
+        self._first_median: float | None = None
+        self._warned = False
 
     @property
     def prunable_bns(self) -> list[nn.BatchNorm2d]:
@@ -115,10 +117,38 @@ class SparsityTrainer(PrunedModelTrainer):
         optimizer.register_step_pre_hook(self.add_sparsity_term)
         return optimizer
 
+    def l1_push_per_epoch(self) -> float:
+        """How far the L1 term moves each gamma in one epoch at the current learning rate (SGD with momentum)."""
+        steps = len(self.train_loader) / max(1, self.accumulate)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return lr * self.sparsity_rate() * self.args.nbs * steps / max(1e-3, 1 - self.args.momentum)
+
+    def check_sparsity(self, stats: dict) -> None:
+        """Say once, a quarter into training, when the gammas are not sinking, and which sr would make them."""
+        if self._first_median is None:
+            self._first_median = stats["gamma/median"]
+        done = self.epoch + 1
+        if self.args.sr <= 0 or self._warned or done < max(1, self.epochs // 4) or RANK not in {-1, 0}:
+            return
+        self._warned = True
+        start, now = self._first_median, stats["gamma/median"]
+        if now < 0.9 * start or stats["gamma/lt1e-2"] > 0.05:
+            return
+        push = self.l1_push_per_epoch()
+        suggested = self.args.sr * start / max(push * self.epochs, 1e-12)
+        LOGGER.warning(
+            f"{SPARSITY_PREFIX}sparsity is not happening: median |gamma| {start:.3f} -> {now:.3f} after {done} epochs, "
+            f"{stats['gamma/lt1e-2']:.1%} below 1e-2. At sr={self.args.sr:g} the L1 term moves each gamma by about "
+            f"{push:.3g} per epoch ({push * self.epochs:.3g} over the run); sr={suggested:.2g} would move the median "
+            f"to zero over {self.epochs} epochs (use optimizer=SGD)"
+        )
+
     def save_metrics(self, metrics: dict):
         """Add |gamma| statistics to results.csv and redraw the gamma heat-map."""
         bns = self.prunable_bns
-        super().save_metrics({**metrics, **gamma_stats(bns)})
+        stats = gamma_stats(bns)
+        super().save_metrics({**metrics, **stats})
         self._gamma_histograms.append(gamma_histogram(bns))
+        self.check_sparsity(stats)
         if self.args.plots:
             plot_gamma_heatmap(self._gamma_histograms, self.save_dir / "gamma.png", title=f"|gamma| sr={self.args.sr}")

@@ -92,8 +92,8 @@ def test_taylor_runs_a_gradient_pass_and_leaves_no_args(untrained, synthetic_dat
     seen = []
     original = pruner_module.loss_gradients
 
-    def spy(model, args, batches=4):
-        original(model, args, batches)
+    def spy(model, args, images=64):
+        original(model, args, images)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         seen.append(sum(int(g.abs().sum() > 0) for g in grads))
 

@@ -1,7 +1,7 @@
 """The pruning loop, written once: `PruneRun` runs every recipe (DepGraph, slim) through the same steps.
 
 A run is: load -> swap twins -> baseline row -> for each step: the recipe removes channels (its one seam, `remove`)
--> validate -> fine-tune -> validate -> measure -> row -> stop rule -> save step -> record; then save, export, check,
+-> re-estimate BatchNorm statistics -> validate -> fine-tune -> validate -> measure -> row -> stop rule -> save step -> record; then save, export, check,
 summary. A recipe is a small subclass that says what one step removes and how many steps there are.
 """
 
@@ -23,6 +23,7 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
+from ultralytics_prune.calibrate import recalibrate_batchnorm
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import load_detection_model, mark_pruned, save_checkpoint
 from ultralytics_prune.errors import UserError
@@ -140,6 +141,8 @@ class PruneRun:
         step_dir = self.save_dir / f"step{step}"
         done = self.remove(step)
         self.model.zero_grad(set_to_none=True)
+        if self.args.recalibrate:
+            recalibrate_batchnorm(self.model, ultralytics_args(self.args), self.args.recalibrate)
         pre = self.validate(self.model)
         post = pre
         if self.args.finetune_epochs > 0:

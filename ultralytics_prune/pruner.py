@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from ultralytics.data import build_dataloader, build_yolo_dataset
-from ultralytics.data.utils import check_det_dataset
 
+from ultralytics_prune.calibrate import loss_gradients
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import build_graph, held_layers, hold_modules, prunable_groups
@@ -35,31 +34,6 @@ def build_importance(name: str) -> tp.importance.Importance:
 def step_ratios(rate: float, steps: int) -> list[float]:
     """Cumulative channel ratio after each step (linear schedule, as torch-pruning's), step 0 = 0."""
     return [rate * i / steps for i in range(steps + 1)]
-
-
-def loss_gradients(model: nn.Module, args, batches: int = 4) -> None:
-    """Fill the parameter gradients of `model` with the detection loss of a few training batches (for Taylor).
-
-    The loss needs `model.args`; it is set for the call and put back, so nothing of it reaches a checkpoint.
-    """
-    data = check_det_dataset(args.data)
-    dataset = build_yolo_dataset(args, data["train"], args.batch, data, mode="val", stride=32)
-    loader = build_dataloader(dataset, args.batch, 0, shuffle=False)
-    saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
-    model.args, model.criterion = args, None
-    try:
-        model.train()
-        model.zero_grad()
-        for i, batch in enumerate(loader):
-            batch["img"] = batch["img"].float() / 255
-            loss, _ = model.loss(batch)
-            loss.sum().backward()
-            if i + 1 >= batches:
-                break
-    finally:
-        for k in ("args", "criterion"):
-            model.__dict__.pop(k, None)
-        model.__dict__.update(saved)
 
 
 class GroupPruner:
