@@ -39,6 +39,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
     "onnx": ((bool,), lambda v: True, "True or False"),
+    "distill": ((bool,), lambda v: True, "True or False"),
     "threshold": (_NUMBER, lambda v: v >= 0, "a number >= 0, e.g. 'threshold=0.01'"),
     "min_channels": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'min_channels=1'"),
 }

@@ -288,6 +288,33 @@ def test_pruned_checkpoint_validates_in_fresh_process(e2e, synthetic_data, tmp_p
     assert [tuple(w) for w in result["widths"]] == e2e["widths"]
 
 
+def test_distill_runs_and_saves_no_teacher(e2e, trained, synthetic_data, runs_dir, tmp_path):
+    """`distill=True`: the same architecture as without, no teacher or projector saved, loads in plain Ultralytics."""
+    _, final = prune(
+        synthetic_data, runs_dir, "prune_distill", model=str(trained["path"]), rate=0.5, iterative_steps=2, epochs=1,
+        distill=True, onnx=False,
+    )
+    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    model = ckpt["model"]
+    assert type(model).__name__ == "DetectionModel", type(model)
+    assert not any("teacher" in k or "projector" in k for k in model.state_dict()), "teacher or projector saved"
+    assert conv_widths(model) == e2e["widths"] and n_params(model) == e2e["params"], "distillation changed the widths"
+    args = yaml_load_args(runs_dir / "prune_distill" / "step1" / "args.yaml")
+    assert args["distill_model"] == str(trained["path"]), "the input checkpoint is the teacher"
+    proc = subprocess.run(
+        [sys.executable, "-c", VAL_SCRIPT, str(final), str(synthetic_data)], capture_output=True, text=True,
+        env={**os.environ, "YOLO_OFFLINE": "1"}, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "RESULT " in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_untouched(trained)
+
+
+def yaml_load_args(file: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(file.read_text())
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 4. training a pruned checkpoint keeps its widths
 

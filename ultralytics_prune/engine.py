@@ -213,6 +213,8 @@ class PruneRun:
         """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
 
         The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
+        With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): Ultralytics
+        wraps the student in its `DistillationModel`; only the student's weights come back.
         """
         source = save_checkpoint(model, step_dir / "weights" / "start.pt", train_args=vars(ultralytics_args(self.args)))
         overrides = {
@@ -226,11 +228,13 @@ class PruneRun:
             "pretrained": True,
             "mode": "train",
             "save_dir": str(step_dir),
+            "distill_model": self.args.distill_model or (str(self.args.model) if self.args.distill else None),
         }
         trainer = PrunedModelTrainer(overrides=overrides)
         trainer.train()
         best = trainer.best if trainer.best.exists() else trainer.last
         tuned, _ = load_checkpoint(best)
+        tuned = getattr(tuned, "student_model", tuned)  # a DistillationModel saved without its teacher
         model.load_state_dict(tuned.float().state_dict())
 
     # files -------------------------------------------------------------------------------------------------------------
