@@ -155,6 +155,9 @@ def test_check_det_dataset_accepts_synthetic(tmp_path, no_font_download):
         (dict(nc=len(SHAPES) + 1), "nc=9 .*between 1 and 8"),
         (dict(max_objects=0), "max_objects=0"),
         (dict(imgsz=64.0), "imgsz=64.0 .*integer"),
+        (dict(clutter=-1), "clutter=-1 .*--clutter"),
+        (dict(occlusion=0.9), "occlusion=0.9 .*0 to 0.5.*--occlusion"),
+        (dict(small=2), "small=2 .*--small"),
     ],
 )
 def test_synthetic_bad_args(tmp_path, kwargs, match):
@@ -162,6 +165,36 @@ def test_synthetic_bad_args(tmp_path, kwargs, match):
         make_synthetic_dataset(tmp_path / "bad", **kwargs)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "bad").exists()  # validated before anything is written
+
+
+def test_hard_options_make_small_occluded_cluttered_objects(tmp_path):
+    """--hard: smaller objects, overlapping objects, more pixels off the plain background; still valid labels."""
+    easy = make_synthetic_dataset(tmp_path / "easy", n_train=24, n_val=2, imgsz=128, nc=4, max_objects=6, seed=1)
+    hard = make_synthetic_dataset(tmp_path / "hard", n_train=24, n_val=2, imgsz=128, nc=4, max_objects=6, seed=1,
+                                  clutter=6, occlusion=0.35, small=0.5)  # fmt: skip
+    params = yaml.safe_load(hard.read_text())["synthetic"]
+    assert params["clutter"] == 6 and params["occlusion"] == 0.35 and params["small"] == 0.5
+    assert "clutter" not in yaml.safe_load(easy.read_text())["synthetic"], "defaults keep the old parameters"
+
+    def boxes(root: Path) -> list[list[float]]:
+        return [list(map(float, r[1:])) for f in _files(root / "labels" / "train", "*.txt") for r in _read_labels(f)]
+
+    def overlaps(root: Path) -> int:
+        count = 0
+        for f in _files(root / "labels" / "train", "*.txt"):
+            b = [list(map(float, r[1:])) for r in _read_labels(f)]
+            count += sum(abs(p[0] - q[0]) < (p[2] + q[2]) / 2 and abs(p[1] - q[1]) < (p[3] + q[3]) / 2
+                         for i, p in enumerate(b) for q in b[i + 1:])  # fmt: skip
+        return count
+
+    easy_boxes, hard_boxes = boxes(tmp_path / "easy"), boxes(tmp_path / "hard")
+    assert all(0 < w <= 1 and 0 < h <= 1 for _, _, w, h in hard_boxes)
+    assert sum(min(w, h) < 0.12 for _, _, w, h in hard_boxes) > sum(min(w, h) < 0.12 for _, _, w, h in easy_boxes)
+    assert overlaps(tmp_path / "hard") > overlaps(tmp_path / "easy") + 5, "objects may lie on each other"
+    assert _set_digest(tmp_path / "hard") == _set_digest(
+        Path(make_synthetic_dataset(tmp_path / "hard2", n_train=24, n_val=2, imgsz=128, nc=4, max_objects=6, seed=1,
+                                    clutter=6, occlusion=0.35, small=0.5)).parent  # fmt: skip
+    ), "the same options and seed give the same files"
 
 
 def test_make_dataset_cli(tmp_path, capsys):

@@ -39,6 +39,7 @@ JPEG_QUALITY = 95
 SPLITS = ("train", "val")
 MARKER = ".synthetic-incomplete"  # present while a set is being written
 SIZE_RANGE = (0.15, 0.45)  # object extent as a fraction of the image size
+SMALL_SIZE_RANGE = (0.05, 0.12)  # the extent of a small object (`small`)
 PLACEMENT_TRIES = 30
 
 
@@ -59,8 +60,17 @@ def _check_int(name: str, value: object, low: int, high: int | None, flag: str) 
         raise ValueError(f"make_synthetic_dataset: {name}={value!r} is invalid; pass an integer {bound} ({flag}).")
 
 
-def validate_args(n_train: int, n_val: int, imgsz: int, nc: int, max_objects: int, seed: int) -> None:
-    """Validate the generation parameters.
+def _check_share(name: str, value: object, high: float, flag: str) -> None:
+    """Raise ValueError with a one-line hint unless ``value`` is a number in [0, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+        raise ValueError(f"make_synthetic_dataset: {name}={value!r} is invalid; pass a number from 0 to {high} ({flag}).")
+
+
+def validate_args(
+    n_train: int, n_val: int, imgsz: int, nc: int, max_objects: int, seed: int, clutter: int = 0,
+    occlusion: float = 0.0, small: float = 0.0,
+) -> None:  # fmt: skip
+    """Validate the generation parameters (see `make_synthetic_dataset`).
 
     Args:
         n_train (int): Number of training images, >= 1.
@@ -69,6 +79,9 @@ def validate_args(n_train: int, n_val: int, imgsz: int, nc: int, max_objects: in
         nc (int): Number of classes, 1..len(SHAPES).
         max_objects (int): Maximum objects per image, >= 1.
         seed (int): Random seed, >= 0.
+        clutter (int): Maximum unlabelled distractors per image, >= 0.
+        occlusion (float): Share of an object that may lie on earlier ones, 0..0.5.
+        small (float): Share of small objects, 0..1.
 
     Raises:
         ValueError: One readable line naming the bad argument and the fix.
@@ -79,6 +92,9 @@ def validate_args(n_train: int, n_val: int, imgsz: int, nc: int, max_objects: in
     _check_int("nc", nc, 1, len(SHAPES), "--nc")
     _check_int("max_objects", max_objects, 1, None, "--max-objects")
     _check_int("seed", seed, 0, None, "--seed")
+    _check_int("clutter", clutter, 0, None, "--clutter")
+    _check_share("occlusion", occlusion, 0.5, "--occlusion")
+    _check_share("small", small, 1.0, "--small")
 
 
 def _background(rng: np.random.Generator, imgsz: int) -> np.ndarray:
@@ -195,31 +211,59 @@ def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     return ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
 
 
-def _place_shape(rng: np.random.Generator, shape: str, imgsz: int, occupied: np.ndarray) -> np.ndarray | None:
-    """Find a random size and position for a shape that does not touch already drawn objects.
+def _place_shape(
+    rng: np.random.Generator, shape: str, imgsz: int, occupied: np.ndarray, size_range=SIZE_RANGE, overlap: float = 0.0
+) -> np.ndarray | None:
+    """Find a random size and position for a shape that overlaps already drawn objects by at most `overlap`.
 
     Args:
         rng (np.random.Generator): Random generator of this image.
         shape (str): One of SHAPES.
         imgsz (int): Image size in pixels.
         occupied (np.ndarray): Bool mask of pixels already used (dilated objects).
+        size_range (tuple): Extent range as a fraction of the image size.
+        overlap (float): Largest share of the new shape's area that may cover earlier objects (0 = none).
 
     Returns:
         (np.ndarray | None): Bool mask of the placed shape, or None if no free spot was found.
     """
     for _ in range(PLACEMENT_TRIES):
-        size = rng.uniform(*SIZE_RANGE) * imgsz
+        size = rng.uniform(*size_range) * imgsz
         a, b = size / 2, size * rng.uniform(0.8, 1.25) / 2
         # the center may sit slightly outside the fully-inside range, so some shapes are clipped by the border
         cx = rng.uniform(a * 0.8, imgsz - a * 0.8)
         cy = rng.uniform(b * 0.8, imgsz - b * 0.8)
         mask = draw_shape_mask(shape, imgsz, cx, cy, a, b)
-        if mask.sum() >= 16 and not (mask & occupied).any():
+        area = mask.sum()
+        if area >= 16 and (mask & occupied).sum() <= overlap * area:
             return mask
     return None
 
 
-def render_image(rng: np.random.Generator, imgsz: int, nc: int, max_objects: int) -> tuple[np.ndarray, list]:
+def _draw_clutter(rng: np.random.Generator, img: np.ndarray, n: int, nc: int) -> None:
+    """Draw `n` unlabelled distractors: lines, blobs, and shapes of the classes this set does not label."""
+    imgsz = img.shape[0]
+    for _ in range(n):
+        color = tuple(float(c) for c in rng.uniform(0, 255, size=3))
+        kind = int(rng.integers(0, 3 if nc < len(SHAPES) else 2))
+        if kind == 0:
+            p1, p2 = (tuple(int(v) for v in rng.integers(0, imgsz, size=2)) for _ in range(2))
+            cv2.line(img, p1, p2, color, thickness=int(rng.integers(1, max(2, imgsz // 40) + 1)))
+        elif kind == 1:
+            center = tuple(int(v) for v in rng.integers(0, imgsz, size=2))
+            long = int(rng.integers(max(4, imgsz // 20), max(5, imgsz // 8)))
+            axes = (long, max(1, long // int(rng.integers(3, 6))))  # elongated: never mistaken for a circle
+            cv2.ellipse(img, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
+        else:  # a shape of an unlabelled class: a hard negative
+            mask = _place_shape(rng, SHAPES[int(rng.integers(nc, len(SHAPES)))], imgsz, np.zeros(img.shape[:2], bool))
+            if mask is not None:
+                img[mask] = color
+
+
+def render_image(
+    rng: np.random.Generator, imgsz: int, nc: int, max_objects: int, clutter: int = 0, occlusion: float = 0.0,
+    small: float = 0.0,
+) -> tuple[np.ndarray, list]:  # fmt: skip
     """Render one image and its labels.
 
     Args:
@@ -227,22 +271,28 @@ def render_image(rng: np.random.Generator, imgsz: int, nc: int, max_objects: int
         imgsz (int): Image size in pixels.
         nc (int): Number of classes (the first nc SHAPES).
         max_objects (int): Maximum number of objects.
+        clutter (int): Maximum unlabelled distractors, drawn under the objects.
+        occlusion (float): Share of an object that may lie on earlier ones; an object keeps its whole box.
+        small (float): Share of objects drawn small (`SMALL_SIZE_RANGE`).
 
     Returns:
         (tuple[np.ndarray, list]): BGR uint8 image and a list of (cls, cx, cy, w, h) with at least one entry.
     """
     img = _background(rng, imgsz)
     bg_mean = img.reshape(-1, 3).mean(0)
+    if clutter:
+        _draw_clutter(rng, img, int(rng.integers(0, clutter + 1)), nc)
     occupied = np.zeros((imgsz, imgsz), bool)
     kernel = np.ones((5, 5), np.uint8)
     labels = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(0, nc))
-        mask = _place_shape(rng, SHAPES[cls], imgsz, occupied)
+        size_range = SMALL_SIZE_RANGE if small and rng.uniform() < small else SIZE_RANGE
+        mask = _place_shape(rng, SHAPES[cls], imgsz, occupied, size_range, occlusion)
         if mask is None:
             continue  # image is full; the first object always fits on the empty canvas
         img[mask] = _object_color(rng, bg_mean)
-        occupied |= cv2.dilate(mask.astype(np.uint8), kernel) > 0
+        occupied |= cv2.dilate(mask.astype(np.uint8), kernel) > 0 if not occlusion else mask
         labels.append((cls, *mask_to_box(mask)))
     img = np.clip(img + rng.normal(0, 6, size=img.shape), 0, 255)  # noise over objects, too
     return img.astype(np.uint8), labels
@@ -260,17 +310,11 @@ def format_labels(labels: list) -> str:
     return "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
 
 
-def _params(n_train: int, n_val: int, imgsz: int, nc: int, max_objects: int, seed: int) -> dict:
-    """Generation parameters as stored under ``synthetic:`` in data.yaml."""
-    return dict(
-        n_train=int(n_train),
-        n_val=int(n_val),
-        imgsz=int(imgsz),
-        nc=int(nc),
-        max_objects=int(max_objects),
-        seed=int(seed),
-        version=FORMAT_VERSION,
-    )
+def _params(n_train: int, n_val: int, imgsz: int, nc: int, max_objects: int, seed: int, **hard) -> dict:
+    """Generation parameters as stored under ``synthetic:`` in data.yaml (the hard options only when set)."""
+    params = dict(n_train=int(n_train), n_val=int(n_val), imgsz=int(imgsz), nc=int(nc), max_objects=int(max_objects),
+                  seed=int(seed), version=FORMAT_VERSION)  # fmt: skip
+    return {**params, **{k: v for k, v in hard.items() if v}}
 
 
 def _is_up_to_date(root: Path, params: dict) -> bool:
@@ -346,7 +390,8 @@ def _write_split(root: Path, split: str, n: int, params: dict) -> None:
     for i in range(n):
         # one independent stream per image: the same image for a given (seed, split, index), whatever n is
         rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
-        img, labels = render_image(rng, params["imgsz"], params["nc"], params["max_objects"])
+        hard = {k: params[k] for k in ("clutter", "occlusion", "small") if k in params}
+        img, labels = render_image(rng, params["imgsz"], params["nc"], params["max_objects"], **hard)
         ok, buf = cv2.imencode(IMG_SUFFIX, img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"cv2 could not encode image {split}/{i}")
@@ -386,6 +431,9 @@ def make_synthetic_dataset(
     nc: int = 3,
     max_objects: int = 4,
     seed: int = 0,
+    clutter: int = 0,
+    occlusion: float = 0.0,
+    small: float = 0.0,
 ) -> Path:
     """Generate (or reuse) a synthetic YOLO detection dataset of shapes.
 
@@ -397,6 +445,9 @@ def make_synthetic_dataset(
         nc (int): Number of classes (shape types), 1..8.
         max_objects (int): Maximum objects per image (each image has at least one).
         seed (int): Random seed; the same seed gives bit-identical files.
+        clutter (int): Up to this many unlabelled distractors per image (lines, blobs, shapes of unused classes).
+        occlusion (float): Objects may lie on earlier ones by up to this share of their area (boxes stay whole).
+        small (float): This share of the objects is small (5-12 % of the image side).
 
     Returns:
         (Path): Absolute path of the written ``data.yaml``.
@@ -404,9 +455,9 @@ def make_synthetic_dataset(
     Raises:
         ValueError: On an invalid argument, or if ``root`` holds a dataset not made by this tool.
     """
-    validate_args(n_train, n_val, imgsz, nc, max_objects, seed)
+    validate_args(n_train, n_val, imgsz, nc, max_objects, seed, clutter, occlusion, small)
     root = Path(root).expanduser().resolve()
-    params = _params(n_train, n_val, imgsz, nc, max_objects, seed)
+    params = _params(n_train, n_val, imgsz, nc, max_objects, seed, clutter=clutter, occlusion=occlusion, small=small)
     if _is_up_to_date(root, params):
         LOGGER.info(f"Synthetic dataset already up to date, reusing {root / 'data.yaml'}")
         return root / "data.yaml"
@@ -429,6 +480,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nc", type=int, default=3, help=f"number of classes, 1..{len(SHAPES)} ({', '.join(SHAPES)})")
     p.add_argument("--max-objects", type=int, default=4, help="maximum objects per image")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--clutter", type=int, default=0, help="up to this many unlabelled distractors per image")
+    p.add_argument("--occlusion", type=float, default=0.0, help="share of an object that may cover earlier ones")
+    p.add_argument("--small", type=float, default=0.0, help="share of small objects (5-12%% of the image side)")
+    p.add_argument("--hard", action="store_true", help="shorthand for --clutter 6 --occlusion 0.35 --small 0.4")
     return p.parse_args(argv)
 
 
@@ -436,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     """Make the dataset from the command line and print its data.yaml path; exit status 2 on a bad argument."""
     args = parse_args(argv)
     try:
+        hard = dict(clutter=6, occlusion=0.35, small=0.4) if args.hard else {}
         yaml_file = make_synthetic_dataset(
-            args.out, args.n_train, args.n_val, args.imgsz, args.nc, args.max_objects, args.seed
+            args.out, args.n_train, args.n_val, args.imgsz, args.nc, args.max_objects, args.seed,
+            **{"clutter": args.clutter, "occlusion": args.occlusion, "small": args.small, **hard},
         )
     except ValueError as e:
         LOGGER.error(str(e))

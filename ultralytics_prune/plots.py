@@ -102,3 +102,27 @@ def _save(fig, file: str | Path) -> Path:
     fig.savefig(file, dpi=120)
     plt.close(fig)
     return file
+
+
+@plt_settings()
+def plot_benchmark(rows: list[dict], file: str | Path) -> Path:
+    """Plot mAP50-95 against MACs and against measured latency, one labelled point per benchmark row.
+
+    Args:
+        rows (list[dict]): Rows with `row`, `macs_G`, `onnx_ms` and `mAP50-95` (rows with an `error` are skipped).
+        file (str | Path): PNG path to write.
+    """
+    import matplotlib.pyplot as plt
+
+    good = [r for r in rows if not r.get("error")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), tight_layout=True)
+    for ax, key, label in zip(axes, ("macs_G", "onnx_ms"), ("GMACs", "onnxruntime CPU latency (ms)")):
+        for r in good:
+            ax.scatter(r[key], r["mAP50-95"], s=60)
+            ax.annotate(r["row"], (r[key], r["mAP50-95"]), textcoords="offset points", xytext=(6, 4))
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP50-95")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy against compute")
+    axes[1].set_title("accuracy against measured latency")
+    return _save(fig, file)

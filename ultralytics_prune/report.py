@@ -63,23 +63,45 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
     with torch.inference_mode():
         ref = first_tensor(ref_model(x)).numpy()
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    out = session.run(None, {name: x.numpy()})[0]
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        session.run(None, {name: x.numpy()})
-        times.append(time.perf_counter() - t)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    onnx_ms = onnx_latencies([onnx_file], imgsz, rounds=10)[0]
     if out.shape != ref.shape:
-        return {"max_abs_diff": float("inf"), "match": False, "onnx_ms": float(np.median(times) * 1000),
-                "shape": tuple(out.shape)}
+        return {"max_abs_diff": float("inf"), "match": False, "onnx_ms": onnx_ms, "shape": tuple(out.shape)}
     if ref.ndim == 3 and ref.shape[-1] == 6:  # end-to-end detections (B, max_det, 6): order by score
         ref = ref[:, np.argsort(-ref[0, :, 4], kind="stable")]
         out = out[:, np.argsort(-out[0, :, 4], kind="stable")]
     diff = float(np.abs(out - ref).max()) if out.size else 0.0
     scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
-    return {"max_abs_diff": diff, "match": diff <= atol * scale, "onnx_ms": float(np.median(times) * 1000),
-            "shape": tuple(out.shape)}
+    return {"max_abs_diff": diff, "match": diff <= atol * scale, "onnx_ms": onnx_ms, "shape": tuple(out.shape)}
+
+
+def onnx_latencies(files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0) -> list:
+    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, measured in interleaved rounds.
+
+    Each round runs every model once, so a slow spell of the machine hits all of them alike.
+
+    Args:
+        files (list[str | Path]): ONNX models taking one `imgsz` x `imgsz` image.
+        imgsz (int): Image size.
+        rounds (int): Timed runs per model.
+        warmup (int): Untimed runs per model first.
+        threads (int): onnxruntime intra-op threads; 0 = its default (the machine's cores).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in files]
+    x = np.zeros((1, 3, imgsz, imgsz), dtype=np.float32)
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    times = [[] for _ in sessions]
+    for i in range(warmup + rounds):
+        for session, feed, spent in zip(sessions, feeds, times):
+            t = time.perf_counter()
+            session.run(None, feed)
+            if i >= warmup:
+                spent.append(time.perf_counter() - t)
+    return [float(np.median(t) * 1000) for t in times]
 
 
 def export_onnx(weights: str | Path, imgsz: int) -> Path:
