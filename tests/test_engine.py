@@ -145,6 +145,33 @@ def test_target_macs(untrained, synthetic_data, tmp_path):
     assert rows[1]["macs_G"] > rows[2]["macs_G"], "MACs fall step by step towards the target"
 
 
+def test_finetune_defaults_yield_to_the_users_keys():
+    args = get_prune_cfg(overrides={**recipe_overrides({"lr0": 0.002, "epochs": 3}), "mode": "prune"})
+    assert args.lr0 == 0.002 and args.finetune_epochs == 3, "keys the user sets win"
+    assert args.optimizer == "SGD" and args.warmup_bias_lr == 0.0 and args.warmup_epochs == 0.0
+    assert get_prune_cfg(overrides={"mode": "train"}).optimizer == "auto", "plain training keeps Ultralytics' defaults"
+
+
+def test_benchmark_reports_a_failing_row_and_goes_on(untrained, synthetic_data, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tools.benchmark import main as benchmark_main
+
+    out = tmp_path / "bench"
+    code = benchmark_main(["--data", str(synthetic_data), "--model", str(untrained), "--imgsz", "64", "--epochs", "1",
+                           "--rows", "base,scratch", "--out", str(out)])  # fmt: skip
+    assert code == 1, "a failed row makes the exit status 1"
+    rows = read_csv(out / "benchmark.csv")
+    assert [r["row"] for r in rows] == ["base", "scratch"]
+    base, scratch = rows
+    assert base["error"] == "" and base["onnx_ms"] > 0 and base["speedup"] == 1 and base["params_M"] > 3
+    assert "prune row" in scratch["error"]
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        assert (out / name).is_file(), name
+    assert "| base |" in (out / "benchmark.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the Python API and the CLI
 

@@ -301,6 +301,7 @@ def test_distill_runs_and_saves_no_teacher(e2e, trained, synthetic_data, runs_di
     assert conv_widths(model) == e2e["widths"] and n_params(model) == e2e["params"], "distillation changed the widths"
     args = yaml_load_args(runs_dir / "prune_distill" / "step1" / "args.yaml")
     assert args["distill_model"] == str(trained["path"]), "the input checkpoint is the teacher"
+    assert args["optimizer"] == "SGD" and args["warmup_bias_lr"] == 0.0, "the fine-tune recipe reaches the trainer"
     proc = subprocess.run(
         [sys.executable, "-c", VAL_SCRIPT, str(final), str(synthetic_data)], capture_output=True, text=True,
         env={**os.environ, "YOLO_OFFLINE": "1"}, cwd=tmp_path, timeout=300,
