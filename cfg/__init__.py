@@ -1,4 +1,4 @@
-"""The keys ultralytics-prune adds to Ultralytics (`default.yaml` beside this file) and the one function that checks them.
+"""The keys ultralytics-prune adds to Ultralytics (`default.yaml` beside this file) and the function that checks them.
 
 As Ultralytics keeps `get_cfg` in `ultralytics/cfg/__init__.py`, `get_prune_cfg` lives here: every entry point (the
 `yolo` command, `YOLOPrune`, the trainers that Ultralytics' DDP launcher starts) calls it once and gets back a new,

@@ -7,8 +7,8 @@ import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
-
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, get_prune_cfg, ultralytics_args
+
 from ultralytics_prune.checkpoint import is_pruned, make_trainable
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.graph import prunable_batchnorms

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.block import C2PSA, C2f, C3k2
 from ultralytics.nn.tasks import DetectionModel
-
 from ultralytics_prune.patches.blocks import TWINS, C2f_v2, C2PSA_v2, C3k2_v2, replace_blocks
 
 YAMLS = ("yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml")

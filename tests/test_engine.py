@@ -19,16 +19,15 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER
+from ultralytics_prune.cfg import IMPORTANCES, get_prune_cfg, recipe_overrides
+from ultralytics_prune.patches.blocks import replace_blocks
+from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
 import ultralytics_prune.pruner as pruner_module
 from ultralytics_prune import UserError, YOLOPrune
-from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
-from ultralytics_prune.cfg import IMPORTANCES
 from ultralytics_prune.model import RECIPES
-from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.patches.trainer import PrunedModelTrainer
 from ultralytics_prune.report import count_macs_params, read_csv
 
 ROOT = Path(__file__).resolve().parents[1]

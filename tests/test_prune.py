@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import LOGGER
+from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
+from ultralytics_prune.patches.blocks import replace_blocks
 
 from ultralytics_prune import UserError, YOLOPrune
-from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.graph import ATTENTION_TYPES, head_output_convs
-from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.pruner import DepGraphPruner, step_ratios
 
 CSV_COLUMNS = [

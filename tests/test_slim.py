@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER
+from ultralytics_prune.patches.blocks import C2f_v2, replace_blocks
 
 from ultralytics_prune import YOLOPrune
 from ultralytics_prune.graph import raw_head_outputs
-from ultralytics_prune.patches.blocks import C2f_v2, replace_blocks
 from ultralytics_prune.report import first_tensor, read_csv
 from ultralytics_prune.slim import slim_model
 from ultralytics_prune.slim_select import keep_count, select_channels

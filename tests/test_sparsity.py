@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.block import AAttn, Attention
 from ultralytics.nn.tasks import DetectionModel
+from ultralytics_prune.patches.blocks import TWINS
+from ultralytics_prune.patches.trainer import SparsityTrainer
 
 from ultralytics_prune import YOLOPrune
 from ultralytics_prune.graph import prunable_batchnorms
-from ultralytics_prune.patches.blocks import TWINS
-from ultralytics_prune.patches.trainer import SparsityTrainer
 from ultralytics_prune.sparsity import HIST_EDGES, gamma_histogram, gamma_stats
 
 GAMMA_KEYS = ("gamma/lt1e-2", "gamma/lt1e-3", "gamma/median", "gamma/mean")
@@ -260,7 +260,7 @@ def test_sr_zero_adds_nothing(synthetic_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def sparse_runs(synthetic_data, runs_dir) -> dict[float, tuple[Path, SparsityTrainer]]:
-    """Run folder and trainer of two 4-epoch trainings with identical settings but sr=SPARSE_SR (with plots) and sr=0."""
+    """Run folder and trainer of two 4-epoch trainings, identical but for sr=SPARSE_SR (with plots) and sr=0."""
     runs = {}
     for sr in (SPARSE_SR, 0.0):
         name = f"sparse_sr{sr}"

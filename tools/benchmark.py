@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     (bench.out / "benchmark.md").write_text(md)
     plot_benchmark(rows, bench.out / "benchmark.png")
     print(md)
+    base = next((r for r in rows if r["row"] == "base" and not r["error"]), None)
+    for r in rows:
+        if base and r is not base and not r["error"]:
+            fewer = base["macs_G"] / r["macs_G"]
+            print(f"{r['row']}: mAP50-95 {base['mAP50-95']:.3f} -> {r['mAP50-95']:.3f} with x{fewer:.2f} fewer MACs, "
+                  f"x{r['speedup']:.2f} faster (onnxruntime CPU, {args.imgsz} px)")
     return 1 if any(r["error"] for r in rows) else 0
 
 

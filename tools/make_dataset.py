@@ -63,7 +63,8 @@ def _check_int(name: str, value: object, low: int, high: int | None, flag: str) 
 def _check_share(name: str, value: object, high: float, flag: str) -> None:
     """Raise ValueError with a one-line hint unless ``value`` is a number in [0, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
-        raise ValueError(f"make_synthetic_dataset: {name}={value!r} is invalid; pass a number from 0 to {high} ({flag}).")
+        hint = f"pass a number from 0 to {high} ({flag})"
+        raise ValueError(f"make_synthetic_dataset: {name}={value!r} is invalid; {hint}.")
 
 
 def validate_args(

@@ -78,7 +78,8 @@ def load_detection_model(weights: str | Path) -> nn.Module:
         model, _ = load_checkpoint(path)
     except Exception as e:  # any failure to unpickle is the file's fault, not ours
         reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
-        raise UserError(f"checkpoint '{weights}' could not be read ({type(e).__name__}: {reason}); is it corrupt?") from e
+        why = f"{type(e).__name__}: {reason}"
+        raise UserError(f"checkpoint '{weights}' could not be read ({why}); is it corrupt?") from e
     task = model_task(model)
     if not isinstance(model, DetectionModel) or task != "detect":  # Segment, Pose, OBB subclass DetectionModel
         raise UserError(

@@ -68,7 +68,8 @@ def parse_cli_args(args: list[str]) -> dict:
         elif isinstance(DEFAULT_PRUNE_CFG_DICT.get(a), bool):
             overrides[a] = True
         elif a in DEFAULT_PRUNE_CFG_DICT:
-            raise UserError(f"'{a}' is missing an '=' sign to set its value, i.e. try '{a}={DEFAULT_PRUNE_CFG_DICT[a]}'")
+            example = f"{a}={DEFAULT_PRUNE_CFG_DICT[a]}"
+            raise UserError(f"'{a}' is missing an '=' sign to set its value, i.e. try '{example}'")
         else:
             check_prune_keys(known, {a: ""})
     check_prune_keys(known, overrides)

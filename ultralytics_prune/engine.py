@@ -1,8 +1,9 @@
 """The pruning loop, written once: `PruneRun` runs every recipe (DepGraph, slim) through the same steps.
 
 A run is: load -> swap twins -> baseline row -> for each step: the recipe removes channels (its one seam, `remove`)
--> re-estimate BatchNorm statistics -> validate -> fine-tune -> validate -> measure -> row -> stop rule -> save step -> record; then save, export, check,
-summary. A recipe is a small subclass that says what one step removes and how many steps there are.
+-> re-estimate BatchNorm statistics -> validate -> fine-tune -> validate -> measure -> row -> stop rule -> save step
+-> record; then save, export, check, summary. A recipe is a small subclass that says what one step removes and how
+many steps there are.
 """
 
 from __future__ import annotations
@@ -31,8 +32,15 @@ from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 from ultralytics_prune.plots import plot_prune_results
-from ultralytics_prune.report import check_onnx, count_macs_params, export_onnx, log_summary, measure_latency
-from ultralytics_prune.report import read_csv, write_csv
+from ultralytics_prune.report import (
+    check_onnx,
+    count_macs_params,
+    export_onnx,
+    log_summary,
+    measure_latency,
+    read_csv,
+    write_csv,
+)
 
 
 @contextmanager
@@ -117,7 +125,7 @@ class PruneRun:
         """
         raise NotImplementedError
 
-    # the run -----------------------------------------------------------------------------------------------------------
+    # the run ----------------------------------------------------------------------------------------------------------
     def __call__(self) -> Path:
         """Run every step (see module docstring) and return the path of the final checkpoint."""
         with caller_random_state():
@@ -184,9 +192,9 @@ class PruneRun:
         log_summary(self.mode, self.rows[0], self.rows[-1])
         return self.final_file
 
-    # measuring ---------------------------------------------------------------------------------------------------------
+    # measuring --------------------------------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> tuple[float, float]:
-        """Return (mAP50, mAP50-95) of `model` on the dataset's val split (a copy is validated; `model` is unchanged)."""
+        """Return (mAP50, mAP50-95) of `model` on the val split (a copy is validated; `model` is unchanged)."""
         args = vars(ultralytics_args(self.args))
         args.update(mode="val", plots=False, save_json=False, verbose=False, split="val", half=False)
         validator = DetectionValidator(save_dir=self.save_dir / "val", args=args)
@@ -208,7 +216,7 @@ class PruneRun:
             "mAP50-95_post": map_pre if map_post is None else map_post,
         }
 
-    # fine-tuning -------------------------------------------------------------------------------------------------------
+    # fine-tuning ------------------------------------------------------------------------------------------------------
     def finetune(self, model: nn.Module, step_dir: Path, epochs: int) -> None:
         """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
 
@@ -237,7 +245,7 @@ class PruneRun:
         tuned = getattr(tuned, "student_model", tuned)  # a DistillationModel saved without its teacher
         model.load_state_dict(tuned.float().state_dict())
 
-    # files -------------------------------------------------------------------------------------------------------------
+    # files ------------------------------------------------------------------------------------------------------------
     def save_model(self, file: Path, **extra) -> Path:
         """Save `self.model`, marked as pruned by this run's mode, with the Ultralytics args to train it on."""
         mark_pruned(self.model, self.mode, rate=self.args.rate, imgsz=self.args.imgsz)
@@ -267,7 +275,7 @@ class PruneRun:
         """Where the model of a finished step is kept."""
         return self.save_dir / f"step{step}" / "weights" / "step.pt"
 
-    # resume ------------------------------------------------------------------------------------------------------------
+    # resume -----------------------------------------------------------------------------------------------------------
     def find_resume_dir(self, resume) -> Path:
         """The run folder to resume: `resume=path` (the folder or a file in it) or the latest unfinished run."""
         if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"}:

@@ -14,8 +14,8 @@ alike. Three Ultralytics details need care when tracing:
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,7 @@ class HeldAttentionPruner(BasePruningFunc):
 
 @contextmanager
 def opaque_attention(model: nn.Module) -> Iterator[None]:
-    """While active, every attention layer of `model` looks to a trace like one element-wise op (see `_opaque_output`)."""
+    """While active, every attention layer of `model` looks to a trace like one element-wise op (`_opaque_output`)."""
     hooks = [m.register_forward_hook(_opaque_output) for m in model.modules() if isinstance(m, ATTENTION_TYPES)]
     try:
         yield

@@ -1,4 +1,4 @@
-"""Numbers a pruning run reports: MACs, parameters, measured latency, the ONNX check, the CSV table, the summary line."""
+"""Numbers a pruning run reports: MACs, parameters, measured latency, the ONNX check, the CSV table, the summary."""
 
 from __future__ import annotations
 
