@@ -33,6 +33,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "iterative_steps": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'iterative_steps=4'"),
     "importance": ((str,), lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
     "global_pruning": ((bool,), lambda v: True, "True or False"),
+    "sensitivity": ((bool,), lambda v: True, "True or False"),
     "target_macs": (_NUMBER, lambda v: v >= 0, "GMACs >= 0, e.g. 'target_macs=2.5'"),
     "speedup": (_NUMBER, lambda v: v == 0 or v >= 1, "0 or a factor >= 1, e.g. 'speedup=2'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
@@ -111,6 +112,8 @@ def get_prune_cfg(
     except (TypeError, ValueError, SyntaxError) as e:  # Ultralytics' own type and range checks of its keys
         raise UserError(" ".join(str(e).split())) from e
     check_prune_values(args)
+    if args.get("sensitivity") and args.get("global_pruning"):
+        raise UserError("'sensitivity=True' and 'global_pruning=True' both decide the per-layer widths: choose one")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
 
 

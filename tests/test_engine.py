@@ -132,6 +132,19 @@ def test_step_of_one_eighth_removes_one_eighth_per_layer(untrained, synthetic_da
     assert 0.05 < row["removed"] <= 0.125 + 1e-6, "the share really removed is recorded"
 
 
+def test_sensitivity_scan_writes_its_table_and_drives_the_widths(untrained, synthetic_data, tmp_path):
+    recipe, final = run("prune", untrained, synthetic_data, tmp_path, "sens", rate=0.5, sensitivity=True, plots=True,
+                        **PRUNE_ONLY)  # fmt: skip
+    table = read_csv(tmp_path / "sens" / "sensitivity.csv")
+    assert len(table) > 30 and {"layer", "channels", "kept", "mAP50-95", "drop", "ratio"} <= set(table[0])
+    total = sum(r["channels"] for r in table)
+    assert sum(r["ratio"] * r["channels"] for r in table) == pytest.approx(0.5 * total, rel=1e-4)
+    assert (tmp_path / "sens" / "sensitivity.png").is_file()
+    assert final.is_file()
+    with pytest.raises(UserError, match="choose one"):
+        make_run("prune", model=str(untrained), data=str(synthetic_data), sensitivity=True, global_pruning=True)
+
+
 def test_target_macs(untrained, synthetic_data, tmp_path):
     base = count_macs_params(load_detection_model(untrained), 64)[0] / 1e9
     target = base * 0.5

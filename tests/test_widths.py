@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from ultralytics_prune.widths import global_widths, kept_width
+from ultralytics_prune.widths import allocate_ratios, global_widths, kept_width
 
 ORIGINALS = (1, 3, 8, 16, 24, 32, 48, 64, 80, 128, 256, 512)
 RATIOS = [i / 40 for i in range(40)]
@@ -52,3 +52,14 @@ def test_global_widths_follow_one_ranking():
     mixed = torch.arange(64.0)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
     widths = global_widths([mixed[:32], mixed[32:]], [32, 32], ratio=0.5, round_to=1)
     assert sum(widths) == 32
+
+
+def test_allocate_ratios_spares_sensitive_layers_at_the_same_total():
+    originals, drops = [64, 64, 128, 32, 256], [0.20, 0.01, 0.0, 0.05, 0.002]
+    ratios = allocate_ratios(originals, drops, rate=0.3)
+    assert sum(r * o for r, o in zip(ratios, originals)) == pytest.approx(0.3 * sum(originals))
+    assert ratios[0] < ratios[3] < ratios[1] <= ratios[2], "the more a layer loses alone, the less it is pruned"
+    assert all(0 <= r <= 0.9 for r in ratios)
+    capped = allocate_ratios([64, 64, 64], [0.5, 0.0, 0.0], rate=0.7, max_ratio=0.9)
+    assert capped == pytest.approx([0.3, 0.9, 0.9]), "the cap's excess goes to the others"
+    assert allocate_ratios([16, 32], [0.0, 0.0], rate=0.4) == pytest.approx([0.4, 0.4]), "no signal: uniform"

@@ -126,3 +126,29 @@ def plot_benchmark(rows: list[dict], file: str | Path) -> Path:
     axes[0].set_title("accuracy against compute")
     axes[1].set_title("accuracy against measured latency")
     return _save(fig, file)
+
+
+@plt_settings()
+def plot_sensitivity(rows: list[dict], file: str | Path, rate: float) -> Path:
+    """Bars of the mAP lost by pruning each layer alone, and the ratio each layer was given for the run.
+
+    Args:
+        rows (list[dict]): Rows of `sensitivity.csv` (`layer`, `drop`, `ratio`).
+        file (str | Path): PNG path to write.
+        rate (float): The run's overall ratio, drawn as a reference line.
+    """
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.3), 7), sharex=True, tight_layout=True)
+    ax0.bar(x, [r["drop"] for r in rows], color="tab:red")
+    ax0.set_ylabel("mAP50-95 lost, pruned alone")
+    ax0.set_title(f"per-layer sensitivity at rate {rate:g} (no fine-tuning)")
+    ax1.bar(x, [r["ratio"] for r in rows], color="tab:blue")
+    ax1.axhline(rate, color="k", linestyle="--", label=f"uniform rate {rate:g}")
+    ax1.set_ylabel("share removed in the run")
+    ax1.legend()
+    ax1.set_xticks(x, [r["layer"].replace("model.", "") for r in rows], rotation=90, fontsize=7)
+    for a in (ax0, ax1):
+        a.grid(alpha=0.3, axis="y")
+    return _save(fig, file)

@@ -1,34 +1,21 @@
 """DepGraph iterative pruning (`yolo prune`, torch-pruning): what each step of the loop removes, and by which measure.
 
-What is important (a torch-pruning importance criterion, `build_importance`) is kept apart from how many channels
-each layer keeps (`widths`) and from how they are removed (`GroupPruner`, on the model's dependency graph).
+What is important (a torch-pruning importance criterion) is kept apart from how many channels each layer keeps
+(`widths`, `sensitivity`) and from how they are removed (`group_pruner.GroupPruner`, on the dependency graph).
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from ultralytics_prune.calibrate import loss_gradients
+from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
-from ultralytics_prune.graph import build_graph, held_layers, hold_modules, prunable_groups
+from ultralytics_prune.graph import held_layers, hold_modules
+from ultralytics_prune.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.report import count_macs_params
+from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
-
-
-def build_importance(name: str) -> tp.importance.Importance:
-    """The torch-pruning importance criterion called `name` (see `importance` in cfg/default.yaml)."""
-    imp = tp.importance
-    return {
-        "l1": lambda: imp.GroupMagnitudeImportance(p=1),
-        "l2": lambda: imp.GroupMagnitudeImportance(p=2),
-        "bn": lambda: imp.BNScaleImportance(),
-        "lamp": lambda: imp.LAMPImportance(p=2),
-        "taylor": lambda: imp.GroupTaylorImportance(),
-        "random": lambda: imp.RandomImportance(),
-    }[name]()
 
 
 def step_ratios(rate: float, steps: int) -> list[float]:
@@ -36,53 +23,13 @@ def step_ratios(rate: float, steps: int) -> list[float]:
     return [rate * i / steps for i in range(steps + 1)]
 
 
-class GroupPruner:
-    """Removes, in every prunable group of coupled channels, the least important channels down to a given width.
-
-    The group's root is a convolution; its name keys the widths. Groups that the criterion cannot score (e.g. `bn`
-    where no BatchNorm is coupled) keep all their channels.
-
-    Args:
-        model (nn.Module): The model to prune in place (block twins swapped in).
-        importance (tp.importance.Importance): The criterion that scores each group's channels.
-        held (list[nn.Module]): Layers whose output channels never change.
-        imgsz (int): Side of the example image used for tracing.
-    """
-
-    def __init__(self, model: nn.Module, importance: tp.importance.Importance, held: list[nn.Module], imgsz: int):
-        """Trace the model and score every prunable group (before anything is removed)."""
-        self.graph = build_graph(model, imgsz)
-        names = {m: n for n, m in model.named_modules()}
-        self.groups, self.names, self.scores = [], [], []
-        for group in prunable_groups(self.graph, held):
-            with torch.no_grad():
-                score = importance(group)
-            if score is None:
-                continue
-            self.groups.append(group)
-            self.names.append(names[group[0].dep.target.module])
-            self.scores.append(score.detach().float().cpu())
-
-    def widths(self) -> list[int]:
-        """The current width of every scored group."""
-        return [len(s) for s in self.scores]
-
-    def prune(self, widths: list[int]) -> None:
-        """Remove the lowest-scored channels of each group down to `widths` (same order as `names`)."""
-        for group, score, width in zip(self.groups, self.scores, widths):
-            n = len(score) - width
-            if n > 0:
-                idxs = torch.argsort(score, stable=True)[:n].tolist()
-                root = group[0].dep.target.module
-                self.graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs).prune()
-
-
 class DepGraphPruner(PruneRun):
     """`yolo prune`: torch-pruning's DepGraph structured pruning, iterative with fine-tuning.
 
     Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate`, or, with
     `target_macs` / `speedup`, so that MACs fall geometrically to that goal; the loop around it validates, fine-tunes
-    for `epochs` and stops when mAP50-95 falls more than `max_map_drop` below the start.
+    for `epochs` and stops when mAP50-95 falls more than `max_map_drop` below the start. With `sensitivity=True` a
+    scan before the first step gives each layer its own share of `rate` (see `sensitivity`).
     """
 
     mode = "prune"
@@ -117,17 +64,44 @@ class DepGraphPruner(PruneRun):
         """
         if self.args.importance == "taylor":
             loss_gradients(self.model, ultralytics_args(self.args))
-        held = held_layers(self.model, hold_modules(self.model, self.args.hold))
-        pruner = GroupPruner(self.model, build_importance(self.args.importance), held, max(64, self.args.imgsz))
+        pruner = self.make_pruner(self.model)
         originals = [self.original_widths[name] for name in pruner.names]
         if self.args.global_pruning:
             widths = global_widths(pruner.scores, originals, ratio, self.args.round_to)
         else:
-            widths = [kept_width(o, ratio, self.args.round_to, c) for o, c in zip(originals, pruner.widths())]
+            ratios = [self.layer_ratio(name, ratio) for name in pruner.names]
+            widths = [kept_width(o, r, self.args.round_to, c) for o, r, c in zip(originals, ratios, pruner.widths())]
         pruner.prune(widths)
         self.model.zero_grad(set_to_none=True)
         removed = 1 - sum(widths) / max(1, sum(originals))
         return {"ratio": ratio, "removed": removed}
+
+    def make_pruner(self, model: nn.Module) -> GroupPruner:
+        """The group pruner of `model` with this run's criterion and held layers."""
+        held = held_layers(model, hold_modules(model, self.args.hold))
+        return GroupPruner(model, build_importance(self.args.importance), held, max(64, self.args.imgsz))
+
+    def layer_ratio(self, name: str, ratio: float) -> float:
+        """The share layer `name` loses when the run as a whole is at `ratio`: its sensitivity share, or `ratio`."""
+        if not self.args.sensitivity or not self.args.rate:
+            return ratio
+        if not hasattr(self, "_sensitivity"):
+            self._sensitivity = sensitivity_ratios(self.save_dir / "sensitivity.csv", self.rows[0]["mAP50-95_post"],
+                                                   self.args.rate, self.scan, plot=self.args.plots)  # fmt: skip
+        return min(0.95, self._sensitivity.get(name, self.args.rate) * ratio / self.args.rate)
+
+    def scan(self) -> list[dict]:
+        """The sensitivity scan of the unpruned model (see `sensitivity.scan_sensitivity`)."""
+        model = self.model if not self.rows[1:] else self.input_model()
+        images = min(self.args.recalibrate, 64)
+
+        def evaluate(copy: nn.Module) -> float:
+            if images:
+                recalibrate_batchnorm(copy, ultralytics_args(self.args), images)
+            return self.validate(copy)[1]
+
+        return scan_sensitivity(model, self.make_pruner, self.original_widths, self.args.rate, self.args.round_to,
+                                evaluate)  # fmt: skip
 
     def prune_to_macs(self, target_macs: float) -> dict:
         """Raise the cumulative ratio in small increments until the model's MACs are at most `target_macs`."""

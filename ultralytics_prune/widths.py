@@ -57,3 +57,39 @@ def global_widths(
         start += current
         widths.append(kept_width(original, 1 - ranked / original, round_to, current))
     return widths
+
+
+def allocate_ratios(originals: Sequence[int], drops: Sequence[float], rate: float, max_ratio: float = 0.9) -> list:
+    """Per-layer ratios that remove the share `rate` of all channels, less from the layers that are more sensitive.
+
+    A layer's ratio is proportional to 1 / (drop + eps), where `drop` is the mAP lost when that layer alone is pruned
+    at `rate` and eps is the median drop (so that noise-level drops do not dominate), scaled so that the
+    channel-weighted mean is `rate`; ratios above `max_ratio` are capped and the rest shared by the others.
+
+    Args:
+        originals (Sequence[int]): Each layer's original width.
+        drops (Sequence[float]): mAP lost when each layer alone is pruned (negative values count as 0).
+        rate (float): Share of all channels to remove.
+        max_ratio (float): Largest share any one layer loses.
+
+    Returns:
+        (list[float]): One ratio per layer.
+    """
+    drops = [max(0.0, float(d)) for d in drops]
+    eps = max(sorted(drops)[len(drops) // 2] if drops else 0.0, 1e-3)
+    weights = [1 / (d + eps) for d in drops]
+    ratios = [0.0] * len(originals)
+    free = set(range(len(originals)))
+    budget = rate * sum(originals)
+    while free:
+        scale = budget / max(1e-12, sum(weights[i] * originals[i] for i in free))
+        capped = {i for i in free if weights[i] * scale > max_ratio}
+        if not capped:
+            for i in free:
+                ratios[i] = weights[i] * scale
+            break
+        for i in capped:
+            ratios[i] = max_ratio
+            budget -= max_ratio * originals[i]
+        free -= capped
+    return ratios
