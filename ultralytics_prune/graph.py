@@ -214,3 +214,17 @@ def prunable_batchnorms(model: nn.Module, imgsz: int = 64) -> list[nn.BatchNorm2
         for name, m in model.named_modules()
         if isinstance(m, nn.BatchNorm2d) and prunable_names.intersection(aliases.get(name, (name,)))
     ]
+
+
+def conv_bn_pairs(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
+    """Map each convolution to the BatchNorm applied right after it (Ultralytics `Conv`, `DWConv`: `.conv` + `.bn`)."""
+    return {
+        m.conv: m.bn
+        for m in model.modules()
+        if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
+    }
+
+
+def is_out_channels(graph: tp.DependencyGraph, item) -> bool:
+    """True when the group item removes output channels of its layer (it produces the channels)."""
+    return graph.is_out_channel_pruning_fn(item.dep.handler)

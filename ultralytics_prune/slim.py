@@ -19,10 +19,18 @@ from ultralytics.utils import LOGGER, colorstr
 
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.fold import fold_constant_inputs, relative_diff
-from ultralytics_prune.graph import build_graph, held_layers, hold_modules, prunable_groups, raw_head_outputs
+from ultralytics_prune.graph import (
+    build_graph,
+    conv_bn_pairs,
+    held_layers,
+    hold_modules,
+    is_out_channels,
+    prunable_groups,
+    raw_head_outputs,
+)
 from ultralytics_prune.plots import plot_gamma_before_after
 from ultralytics_prune.report import write_csv
-from ultralytics_prune.slim_select import conv_bn_pairs, group_scores, is_out_channels, select_channels
+from ultralytics_prune.slim_select import group_scores, select_channels
 from ultralytics_prune.sparsity import HIST_EDGES, gamma_histogram
 
 PREFIX = colorstr("slim: ")

@@ -14,19 +14,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-
-def conv_bn_pairs(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
-    """Map each convolution to the BatchNorm applied right after it (Ultralytics `Conv`, `DWConv`: `.conv` + `.bn`)."""
-    return {
-        m.conv: m.bn
-        for m in model.modules()
-        if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
-    }
-
-
-def is_out_channels(graph: tp.DependencyGraph, item) -> bool:
-    """True when the group item removes output channels of its layer (it produces the channels)."""
-    return graph.is_out_channel_pruning_fn(item.dep.handler)
+from ultralytics_prune.graph import is_out_channels
 
 
 def _pairs(item) -> list[tuple[int, int]]:
