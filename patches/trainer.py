@@ -115,6 +115,7 @@ class SparsityTrainer(PrunedModelTrainer):
             name = self.args.optimizer = "SGD"
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         optimizer.register_step_pre_hook(self.add_sparsity_term)
+        self._first_median = gamma_stats(self.prunable_bns)["gamma/median"]  # before the first step
         return optimizer
 
     def l1_push_per_epoch(self) -> float:
@@ -125,10 +126,10 @@ class SparsityTrainer(PrunedModelTrainer):
 
     def check_sparsity(self, stats: dict) -> None:
         """Say once, a quarter into training, when the gammas are not sinking, and which sr would make them."""
-        if self._first_median is None:
-            self._first_median = stats["gamma/median"]
         done = self.epoch + 1
         if self.args.sr <= 0 or self._warned or done < max(1, self.epochs // 4) or RANK not in {-1, 0}:
+            return
+        if self._first_median is None:  # resumed: the median before training is not known
             return
         self._warned = True
         start, now = self._first_median, stats["gamma/median"]
