@@ -241,6 +241,80 @@ def test_task_check(synthetic_data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# checked before the run folder exists
+
+
+@pytest.fixture(scope="module")
+def bad_data(synthetic_data, tmp_path_factory) -> dict[str, Path]:
+    """data.yaml files that cannot be used: missing, no val images, another class count."""
+    import yaml
+
+    from tools.make_dataset import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("bad_data")
+    info = yaml.safe_load(synthetic_data.read_text())
+    (root / "empty").mkdir()
+    no_val = root / "no_val.yaml"
+    no_val.write_text(yaml.safe_dump({**info, "val": str(root / "empty")}))
+    two = make_synthetic_dataset(root / "two", n_train=2, n_val=1, imgsz=32, nc=2, seed=0)
+    return {"missing": root / "missing.yaml", "no_val": no_val, "two_classes": two}
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing", ("missing.yaml", "cannot be used")),
+        ("no_val", ("no val images",)),
+        ("two_classes", ("predicts 3 classes", "has 2")),
+        ("device", ("'device=7'",)),
+        ("no_data", ("'data' argument is missing",)),
+    ],
+)
+def test_bad_input_fails_before_the_run_folder(untrained, synthetic_data, bad_data, tmp_path, case, fragments):
+    data = {"device": synthetic_data, "no_data": None}.get(case, bad_data.get(case))
+    extra = "device=7" if case == "device" else ""
+    data_arg = f"data={data}" if data else ""
+    project = tmp_path / "proj"
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Collect(level=logging.ERROR)
+    LOGGER.handlers.insert(0, handler)
+    try:
+        with pytest.raises(SystemExit) as e:
+            entrypoint(f"yolo prune model={untrained} {data_arg} {extra} imgsz=64 project={project} name=x")
+    finally:
+        LOGGER.removeHandler(handler)
+    assert e.value.code == 2 and len(lines) == 1 and "\n" not in lines[0], lines
+    assert all(f in lines[0] for f in fragments), lines[0]
+    assert not project.exists(), "no run folder for a run that cannot start"
+
+
+def test_same_name_runs_get_distinct_folders(tmp_path, monkeypatch):
+    import ultralytics_prune.engine as engine
+
+    first, second = engine.new_run_dir(tmp_path / "exp"), engine.new_run_dir(tmp_path / "exp")
+    assert first == tmp_path / "exp" and second != first and second.is_dir()
+    real = engine.increment_path
+    taken = []
+
+    def racy(path, exist_ok=False):  # the first look sees a free name, but another run takes it before the mkdir
+        candidate = real(path, exist_ok=exist_ok)
+        if not taken:
+            candidate.mkdir()
+            taken.append(candidate)
+        return candidate
+
+    monkeypatch.setattr(engine, "increment_path", racy)
+    third = engine.new_run_dir(tmp_path / "exp")
+    assert third not in (first, second, taken[0]) and third.is_dir()
+    assert engine.new_run_dir(tmp_path / "exp", exist_ok=True) == tmp_path / "exp", "exist_ok reuses the folder"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # resume
 
 

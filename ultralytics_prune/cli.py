@@ -122,7 +122,7 @@ def entrypoint(debug: str = "") -> None:
     Args:
         debug (str): Space-separated command line including the program name, as in Ultralytics' entrypoint.
     """
-    args = (debug.split(" ") if debug else sys.argv)[1:]
+    args = [a for a in (debug.split(" ") if debug else sys.argv)[1:] if a]
     words = {a.lower() for a in args if "=" not in a}
     if not args or words & HELP_WORDS:
         LOGGER.info(CLI_HELP_MSG + PRUNE_HELP_MSG)

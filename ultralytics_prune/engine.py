@@ -32,6 +32,7 @@ from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 from ultralytics_prune.plots import plot_prune_results
+from ultralytics_prune.preflight import check_dataset, check_device
 from ultralytics_prune.report import (
     check_onnx,
     count_macs_params,
@@ -60,6 +61,20 @@ def caller_random_state() -> Iterator[None]:
         torch.set_rng_state(states[2])
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+def new_run_dir(path: Path, exist_ok: bool = False) -> Path:
+    """Create and return `path`, or with `exist_ok=False` the next free `path2`, `path3`, ...
+
+    The folder is claimed by `mkdir` itself, so two runs started at once with the same name get different folders.
+    """
+    while True:
+        candidate = increment_path(path, exist_ok=exist_ok)
+        try:
+            candidate.mkdir(parents=True, exist_ok=exist_ok)
+            return candidate
+        except FileExistsError:  # another run took it between the look and the mkdir
+            continue
 
 
 class PruneRun:
@@ -95,9 +110,10 @@ class PruneRun:
             self.model = None  # loaded by restore()
         else:
             self.model = load_detection_model(self.args.model)
-            hold_modules(self.model, self.args.hold)  # a wrong `hold` fails here, before any folder exists
-            self.save_dir = increment_path(self.project / (self.args.name or "exp"), exist_ok=self.args.exist_ok)
-            self.save_dir.mkdir(parents=True, exist_ok=True)
+            hold_modules(self.model, self.args.hold)  # everything that can be wrong fails here, before any folder
+            check_dataset(self.args.data, self.model)
+            check_device(self.args.device)
+            self.save_dir = new_run_dir(self.project / (self.args.name or "exp"), self.args.exist_ok)
             YAML.save(self.save_dir / "args.yaml", vars(self.args))
         self.csv = self.save_dir / f"{self.mode}_results.csv"
 

@@ -1,0 +1,59 @@
+"""What a run checks before its folder exists: the dataset, its class count against the model's, the device.
+
+A run that cannot start must fail here, with one line, and leave nothing behind (no run folder, no file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+from ultralytics.utils.torch_utils import select_device
+
+from ultralytics_prune.errors import UserError
+
+
+def has_images(source) -> bool:
+    """True when a dataset split (a folder, a txt list of images, or a list of either) names at least one image."""
+    if isinstance(source, (list, tuple)):
+        return any(has_images(s) for s in source)
+    path = Path(source)
+    if path.is_dir():
+        return any(p.suffix[1:].lower() in IMG_FORMATS for p in path.rglob("*"))
+    return path.is_file() and path.suffix == ".txt" and bool(path.read_text().strip())
+
+
+def check_dataset(data, model: nn.Module) -> dict:
+    """The dataset's dict when it exists, has train and val images, and matches the model's class count.
+
+    Raises:
+        UserError: A missing or unreadable data.yaml, a split without images, or a class-count mismatch.
+    """
+    if not data:
+        raise UserError("'data' argument is missing: pass the dataset the model was trained on, e.g. 'data=my.yaml'")
+    try:
+        info = check_det_dataset(data, autodownload=False)
+    except Exception as e:  # Ultralytics raises several types, with multi-line messages, for a bad dataset
+        reason = " ".join(str(e).replace("❌️", "").split())
+        raise UserError(f"dataset 'data={data}' cannot be used: {reason}") from e
+    for split in ("train", "val"):
+        if not has_images(info.get(split) or []):
+            where = info.get(split)
+            raise UserError(f"dataset 'data={data}' has no {split} images ({where}): add images or fix the path")
+    nc = getattr(model, "nc", None) or (getattr(model, "yaml", None) or {}).get("nc")
+    if nc is not None and int(info["nc"]) != int(nc):
+        raise UserError(
+            f"the model predicts {nc} classes but 'data={data}' has {info['nc']}: "
+            f"prune with the dataset it was trained on"
+        )
+    return info
+
+
+def check_device(device) -> None:
+    """Raise `UserError` when `device` names no device of this machine (e.g. 'device=7' without GPUs)."""
+    try:
+        select_device(device, verbose=False)
+    except Exception as e:  # ValueError from Ultralytics for an unknown or unavailable device
+        reason = " ".join(str(e).split()).split(" Please ")[0]
+        raise UserError(f"'device={device}' cannot be used: {reason}") from e
