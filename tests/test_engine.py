@@ -7,6 +7,7 @@ every run prunes without fine-tuning unless the test is about fine-tuning.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import random
 import shutil
@@ -24,7 +25,7 @@ from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
 import ultralytics_prune.pruner as pruner_module
-from ultralytics_prune import UserError, YOLOPrune
+from ultralytics_prune import ExportMismatch, UserError, YOLOPrune
 from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.model import RECIPES
@@ -216,6 +217,46 @@ def test_unexpected_error_keeps_its_traceback(untrained, synthetic_data, tmp_pat
     with pytest.raises(RuntimeError, match="boom in fine-tuning"):  # not turned into a one-line exit 2
         entrypoint(f"yolo prune model={untrained} data={synthetic_data} iterative_steps=1 epochs=1 onnx=False "
                    f"imgsz=64 batch=16 workers=0 plots=False project={tmp_path} name=t")  # fmt: skip
+
+
+def test_onnx_mismatch_fails_the_run_loudly(untrained, synthetic_data, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    import ultralytics_prune.engine as engine
+
+    real_export = engine.export_onnx
+
+    def corrupt_export(weights, imgsz):  # export, then scale the first large weight tensor of the file by 3
+        file = real_export(weights, imgsz)
+        graph = onnx.load(str(file))
+        tensor = next(t for t in graph.graph.initializer if numpy_helper.to_array(t).size > 100)
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 3, tensor.name))
+        onnx.save(graph, str(file))
+        return file
+
+    monkeypatch.setattr(engine, "export_onnx", corrupt_export)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Collect(level=logging.ERROR)
+    LOGGER.handlers.insert(0, handler)
+    try:
+        with pytest.raises(SystemExit) as e:
+            entrypoint(f"yolo prune model={untrained} data={synthetic_data} iterative_steps=1 epochs=0 imgsz=64 "
+                       f"batch=16 workers=0 plots=False max_map_drop=1 project={tmp_path} name=m")  # fmt: skip
+    finally:
+        LOGGER.removeHandler(handler)
+    assert e.value.code == 1 and len(lines) == 1, lines
+    assert "does not match PyTorch: max abs diff" in lines[0] and "onnx=False" in lines[0], lines[0]
+    assert (tmp_path / "m" / "weights" / "pruned.pt").is_file(), "the checkpoint is still saved"
+    assert json.loads((tmp_path / "m" / "onnx_check.json").read_text())["match"] is False
+    with pytest.raises(ExportMismatch):  # the Python API raises
+        YOLOPrune(str(untrained)).prune(data=str(synthetic_data), iterative_steps=1, epochs=0, project=str(tmp_path),
+                                        name="py", **FAST)  # fmt: skip
 
 
 def test_task_check(synthetic_data, tmp_path):

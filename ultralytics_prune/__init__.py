@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from ultralytics_prune.errors import UserError
+from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.model import YOLOPrune
 
-__all__ = ("UserError", "YOLOPrune", "__version__")
+__all__ = ("ExportMismatch", "UserError", "YOLOPrune", "__version__")

@@ -22,7 +22,7 @@ from ultralytics.cfg import entrypoint as ultralytics_entrypoint
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, colorstr
 
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, check_prune_keys
-from ultralytics_prune.errors import UserError
+from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.model import YOLOPrune, run_recipe
 
 OUR_MODES = ("train", "prune", "slim")  # modes run through YOLOPrune
@@ -134,11 +134,11 @@ def entrypoint(debug: str = "") -> None:
         return ultralytics_entrypoint(debug)
     try:
         run(args)
-    except UserError as e:  # anything else is a bug and keeps its traceback
+    except (UserError, ExportMismatch) as e:  # anything else is a bug and keeps its traceback
         if os.getenv("YOLO_PRUNE_DEBUG"):
             raise
         LOGGER.error(" ".join(str(e).split()))
-        sys.exit(2)
+        sys.exit(2 if isinstance(e, UserError) else 1)
 
 
 if __name__ == "__main__":

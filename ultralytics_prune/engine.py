@@ -27,7 +27,7 @@ from ultralytics.utils.files import increment_path
 from ultralytics_prune.calibrate import recalibrate_batchnorm
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import load_detection_model, mark_pruned, save_checkpoint
-from ultralytics_prune.errors import UserError
+from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
@@ -206,6 +206,12 @@ class PruneRun:
                 f"onnxruntime CPU {check['onnx_ms']:.2f}ms"
             )
         log_summary(self.mode, self.rows[0], self.rows[-1])
+        if self.args.onnx and not check["match"]:
+            raise ExportMismatch(
+                f"{onnx_file} does not match PyTorch: max abs diff {check['max_abs_diff']:.3g} (output shape "
+                f"{check['shape']}), see {self.save_dir / 'onnx_check.json'}; the PyTorch model is saved as "
+                f"{self.final_file}; 'onnx=False' skips the export"
+            )
         return self.final_file
 
     # measuring --------------------------------------------------------------------------------------------------------
