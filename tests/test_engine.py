@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+from ultralytics.nn.tasks import DetectionModel, SegmentationModel, load_checkpoint
 from ultralytics.utils import LOGGER
 from ultralytics_prune.cfg import IMPORTANCES, get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
@@ -26,7 +26,7 @@ from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
 import ultralytics_prune.pruner as pruner_module
 from ultralytics_prune import ExportMismatch, UserError, YOLOPrune
-from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
+from ultralytics_prune.checkpoint import first_non_finite, load_detection_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.model import RECIPES
 from ultralytics_prune.report import count_macs_params, read_csv
@@ -257,6 +257,56 @@ def test_onnx_mismatch_fails_the_run_loudly(untrained, synthetic_data, tmp_path,
     with pytest.raises(ExportMismatch):  # the Python API raises
         YOLOPrune(str(untrained)).prune(data=str(synthetic_data), iterative_steps=1, epochs=0, project=str(tmp_path),
                                         name="py", **FAST)  # fmt: skip
+
+
+def test_nan_checkpoint_is_refused(synthetic_data, tmp_path):
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    with torch.no_grad():
+        model.model[2].cv1.conv.weight[0, 0, 0, 0] = float("nan")
+    ckpt = save_checkpoint_unchecked(model, tmp_path / "nan.pt")
+    digest = ckpt.read_bytes()
+    with pytest.raises(UserError, match=r"non-finite weights .*model\.2\.cv1\.conv\.weight"):
+        make_run("prune", model=str(ckpt), data=str(synthetic_data), project=str(tmp_path / "p"))
+    assert not (tmp_path / "p").exists() and ckpt.read_bytes() == digest
+
+
+def save_checkpoint_unchecked(model: nn.Module, file: Path) -> Path:
+    """Write a checkpoint the way Ultralytics does, without our finiteness check (to make a broken one)."""
+    torch.save({"model": model.float(), "train_args": {}}, file)
+    return file
+
+
+def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_path, monkeypatch):
+    """Weights that go NaN while fine-tuning: the step keeps the cut model, one line says so, all saved are finite.
+
+    (A NaN *loss* alone does not get this far: Ultralytics skips it in the first epoch and reloads last.pt later.)
+    """
+    real_step = PrunedModelTrainer.optimizer_step
+
+    def diverging_step(self):
+        real_step(self)
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(PrunedModelTrainer, "optimizer_step", diverging_step)
+    warnings: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    LOGGER.handlers.insert(0, handler)
+    try:
+        recipe, final = run("prune", untrained, synthetic_data, tmp_path, "nan", rate=0.3, iterative_steps=1,
+                            finetune_epochs=1, onnx=False, batch=8, nbs=8)  # fmt: skip
+    finally:
+        LOGGER.removeHandler(handler)
+    assert sum("fine-tuning diverged" in w for w in warnings) == 1, warnings
+    row = read_csv(tmp_path / "nan" / "prune_results.csv")[-1]
+    assert row["mAP50-95_post"] == row["mAP50-95_pre"], "the step keeps the model of the cut"
+    for file in (final, tmp_path / "nan" / "step1" / "weights" / "step.pt"):
+        assert first_non_finite(load_checkpoint(file)[0]) is None, file
 
 
 def test_task_check(synthetic_data, tmp_path):

@@ -59,6 +59,14 @@ def model_task(model) -> str:
     return (guess_model_task(yaml) if isinstance(yaml, dict) else None) or guess_model_task(model)
 
 
+def first_non_finite(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of `model` holding NaN or Inf, or None when all are finite."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
+
+
 def load_detection_model(weights: str | Path) -> nn.Module:
     """Load a trained detection checkpoint as an FP32, trainable model, or raise one readable line.
 
@@ -66,8 +74,8 @@ def load_detection_model(weights: str | Path) -> nn.Module:
         weights (str | Path): Path to an Ultralytics `.pt` checkpoint (e.g. `best.pt`, `last.pt`, `pruned.pt`).
 
     Raises:
-        UserError: The path is not a `.pt` file, does not exist (nothing is downloaded), cannot be read, or holds a
-            model of another task.
+        UserError: The path is not a `.pt` file, does not exist (nothing is downloaded), cannot be read, holds a
+            model of another task, or holds NaN or Inf weights.
     """
     path = Path(weights)
     if path.suffix != ".pt":
@@ -85,6 +93,9 @@ def load_detection_model(weights: str | Path) -> nn.Module:
         raise UserError(
             f"checkpoint '{weights}' holds a '{task}' model; ultralytics-prune prunes detection models (task=detect)"
         )
+    bad = first_non_finite(model)
+    if bad:
+        raise UserError(f"checkpoint '{weights}' holds non-finite weights (NaN or Inf in '{bad}'); use an earlier one")
     return make_trainable(model.float())
 
 
@@ -103,6 +114,9 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
     Returns:
         (Path): The written file.
     """
+    bad = first_non_finite(model)
+    if bad:  # never write a model that cannot be used; the callers keep the last good one
+        raise RuntimeError(f"refusing to save {file}: '{bad}' holds NaN or Inf")
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     snapshot = deepcopy(model).float().eval()

@@ -26,7 +26,7 @@ from ultralytics.utils.files import increment_path
 
 from ultralytics_prune.calibrate import recalibrate_batchnorm
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
-from ultralytics_prune.checkpoint import load_detection_model, mark_pruned, save_checkpoint
+from ultralytics_prune.checkpoint import first_non_finite, load_detection_model, mark_pruned, save_checkpoint
 from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.patches.blocks import replace_blocks
@@ -169,8 +169,7 @@ class PruneRun:
             recalibrate_batchnorm(self.model, ultralytics_args(self.args), self.args.recalibrate)
         pre = self.validate(self.model)
         post = pre
-        if self.args.finetune_epochs > 0:
-            self.finetune(self.model, step_dir, self.args.finetune_epochs)
+        if self.args.finetune_epochs > 0 and self.finetune(self.model, step_dir, self.args.finetune_epochs):
             post = self.validate(self.model)
         row = {"step": step, "ratio": done["ratio"], "removed": done["removed"], **self.measure(self.model),
                **self.map_columns(*pre, *post)}  # fmt: skip
@@ -239,8 +238,11 @@ class PruneRun:
         }
 
     # fine-tuning ------------------------------------------------------------------------------------------------------
-    def finetune(self, model: nn.Module, step_dir: Path, epochs: int) -> None:
+    def finetune(self, model: nn.Module, step_dir: Path, epochs: int) -> bool:
         """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
+
+        A fine-tune that diverges (Ultralytics gives up on a NaN loss, or its best weights are not finite) leaves
+        `model` as it was after the cut, says so in one line and returns False.
 
         The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
         With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): Ultralytics
@@ -261,11 +263,33 @@ class PruneRun:
             "distill_model": self.args.distill_model or (str(self.args.model) if self.args.distill else None),
         }
         trainer = PrunedModelTrainer(overrides=overrides)
-        trainer.train()
+        poisoned_best = []  # Ultralytics writes NaN weights as zeros (nan_to_num), so look before it saves
+        trainer.add_callback("on_model_save", lambda t: poisoned_best.append(first_non_finite(t.ema.ema))
+                             if t.best_fitness == t.fitness else None)  # fmt: skip
+        reason = None
+        try:
+            trainer.train()
+        except RuntimeError as e:  # Ultralytics' NaN recovery gives up with a RuntimeError naming NaN
+            if "NaN" not in str(e):
+                raise
+            reason = " ".join(str(e).split())
         best = trainer.best if trainer.best.exists() else trainer.last
-        tuned, _ = load_checkpoint(best)
-        tuned = getattr(tuned, "student_model", tuned)  # a DistillationModel saved without its teacher
+        tuned = None
+        if not reason and best.exists():
+            loaded = load_checkpoint(best)[0]
+            tuned = getattr(loaded, "student_model", loaded)  # a DistillationModel is saved without its teacher
+        if not reason and tuned is None:
+            reason = "no checkpoint was written"
+        elif not reason and poisoned_best and poisoned_best[-1]:
+            reason = f"NaN or Inf in '{poisoned_best[-1]}' when {best.name} was written"
+        elif not reason and first_non_finite(tuned):
+            reason = f"NaN or Inf in '{first_non_finite(tuned)}' of {best.name}"
+        if reason:
+            LOGGER.warning(f"{self.prefix}{step_dir.name}: fine-tuning diverged ({reason}); keeping the model as it "
+                           f"was after the cut")  # fmt: skip
+            return False
         model.load_state_dict(tuned.float().state_dict())
+        return True
 
     # files ------------------------------------------------------------------------------------------------------------
     def save_model(self, file: Path, **extra) -> Path:
