@@ -29,6 +29,7 @@ setup(
         "onnxruntime-gpu>=1.18",
         "pyyaml>=5.3",
         "tqdm>=4.64",
+        "cloudpickle>=3.1.1",  # Ultralytics' DDP launcher needs it and would pip-install it at run time otherwise
     ],
     extras_require={"test": ["pytest>=8.4,<10"]},  # the range the suite is run with (9.2 in a fresh venv)
     entry_points={

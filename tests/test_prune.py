@@ -350,6 +350,29 @@ def test_python_train_keeps_pruned_widths(e2e, synthetic_data, runs_dir):
     assert_same_widths_as(pruned, last)
 
 
+def test_ddp_launcher_file_trains_the_pruned_model(e2e, synthetic_data, tmp_path):
+    """The file Ultralytics' DDP launcher generates (a fresh process that rebuilds our trainer from its class, args and
+    callbacks, with Ultralytics' defaults as cfg) trains the pruned model at its widths: run here with world size 1."""
+    from ultralytics.utils.dist import generate_ddp_file
+
+    from ultralytics_prune.patches.trainer import PrunedModelTrainer
+
+    overrides = {"model": str(e2e["final"]), "data": str(synthetic_data), "epochs": 1, "val": False,
+                 "project": str(tmp_path), "name": "ddp", "rate": 0.5, "hold": "22", **FAST}  # fmt: skip
+    trainer = PrunedModelTrainer(overrides=overrides)
+    file = Path(generate_ddp_file(trainer))
+    try:
+        proc = subprocess.run([sys.executable, str(file)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"})  # fmt: skip
+    finally:
+        file.unlink(missing_ok=True)
+        file.with_suffix(".pt").unlink(missing_ok=True)
+    out = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, out
+    assert "training the pruned model as loaded" in proc.stdout + proc.stderr, out
+    assert_same_widths_as(e2e["final"], tmp_path / "ddp" / "weights" / "last.pt")
+
+
 def test_plain_ultralytics_train_rebuilds_full_width(e2e, synthetic_data, runs_dir):
     """Why PrunedModelTrainer exists: plain Ultralytics rebuilds the model from its yaml at full width."""
     from ultralytics import YOLO
