@@ -354,7 +354,6 @@ def test_ddp_launcher_file_trains_the_pruned_model(e2e, synthetic_data, tmp_path
     """The file Ultralytics' DDP launcher generates (a fresh process that rebuilds our trainer from its class, args and
     callbacks, with Ultralytics' defaults as cfg) trains the pruned model at its widths: run here with world size 1."""
     from ultralytics.utils.dist import generate_ddp_file
-
     from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
     overrides = {"model": str(e2e["final"]), "data": str(synthetic_data), "epochs": 1, "val": False,
