@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,32 @@ def synthetic_data(tmp_path_factory) -> Path:
 def runs_dir(tmp_path_factory) -> Path:
     """A project folder for training and pruning runs of the whole session."""
     return tmp_path_factory.mktemp("runs")
+
+
+@contextmanager
+def collect_log(level: int = logging.INFO) -> Iterator[list[str]]:
+    """The messages Ultralytics' LOGGER logs at `level` or above inside the block, independent of pytest's capture.
+
+    The collecting handler goes first: Ultralytics' formatter rewrites `record.msg` with its level prefix, so a
+    handler after it would see the prefix added again.
+    """
+    from ultralytics.utils import LOGGER
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=level)
+    LOGGER.handlers.insert(0, handler)
+    try:
+        yield messages
+    finally:
+        LOGGER.removeHandler(handler)
+
+
+@pytest.fixture
+def logged():
+    """`collect_log`, as a fixture: `with logged(logging.ERROR) as lines: ...`."""
+    return collect_log

@@ -19,7 +19,6 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel, load_checkpoint
-from ultralytics.utils import LOGGER
 from ultralytics_prune.cfg import IMPORTANCES, get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
@@ -219,7 +218,7 @@ def test_unexpected_error_keeps_its_traceback(untrained, synthetic_data, tmp_pat
                    f"imgsz=64 batch=16 workers=0 plots=False project={tmp_path} name=t")  # fmt: skip
 
 
-def test_onnx_mismatch_fails_the_run_loudly(untrained, synthetic_data, tmp_path, monkeypatch):
+def test_onnx_mismatch_fails_the_run_loudly(untrained, synthetic_data, tmp_path, monkeypatch, logged):
     import onnx
     from onnx import numpy_helper
 
@@ -236,20 +235,10 @@ def test_onnx_mismatch_fails_the_run_loudly(untrained, synthetic_data, tmp_path,
         return file
 
     monkeypatch.setattr(engine, "export_onnx", corrupt_export)
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    handler = Collect(level=logging.ERROR)
-    LOGGER.handlers.insert(0, handler)
-    try:
+    with logged(logging.ERROR) as lines:
         with pytest.raises(SystemExit) as e:
             entrypoint(f"yolo prune model={untrained} data={synthetic_data} iterative_steps=1 epochs=0 imgsz=64 "
                        f"batch=16 workers=0 plots=False max_map_drop=1 project={tmp_path} name=m")  # fmt: skip
-    finally:
-        LOGGER.removeHandler(handler)
     assert e.value.code == 1 and len(lines) == 1, lines
     assert "does not match PyTorch: max abs diff" in lines[0] and "onnx=False" in lines[0], lines[0]
     assert (tmp_path / "m" / "weights" / "pruned.pt").is_file(), "the checkpoint is still saved"
@@ -276,7 +265,7 @@ def save_checkpoint_unchecked(model: nn.Module, file: Path) -> Path:
     return file
 
 
-def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_path, monkeypatch):
+def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_path, monkeypatch, logged):
     """Weights that go NaN while fine-tuning: the step keeps the cut model, one line says so, all saved are finite.
 
     (A NaN *loss* alone does not get this far: Ultralytics skips it in the first epoch and reloads last.pt later.)
@@ -289,19 +278,9 @@ def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_p
             next(self.model.parameters()).fill_(float("nan"))
 
     monkeypatch.setattr(PrunedModelTrainer, "optimizer_step", diverging_step)
-    warnings: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            warnings.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    LOGGER.handlers.insert(0, handler)
-    try:
+    with logged(logging.WARNING) as warnings:
         recipe, final = run("prune", untrained, synthetic_data, tmp_path, "nan", rate=0.3, iterative_steps=1,
                             finetune_epochs=1, onnx=False, batch=8, nbs=8)  # fmt: skip
-    finally:
-        LOGGER.removeHandler(handler)
     assert sum("fine-tuning diverged" in w for w in warnings) == 1, warnings
     row = read_csv(tmp_path / "nan" / "prune_results.csv")[-1]
     assert row["mAP50-95_post"] == row["mAP50-95_pre"], "the step keeps the model of the cut"
@@ -309,21 +288,11 @@ def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_p
         assert first_non_finite(load_checkpoint(file)[0]) is None, file
 
 
-def test_task_check(synthetic_data, tmp_path):
+def test_task_check(synthetic_data, tmp_path, logged):
     seg = save_checkpoint(SegmentationModel("yolov8n-seg.yaml", nc=3, verbose=False), tmp_path / "seg.pt")
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    handler = Collect(level=logging.ERROR)
-    LOGGER.handlers.insert(0, handler)
-    try:
+    with logged(logging.ERROR) as lines:
         with pytest.raises(SystemExit) as e:
             entrypoint(f"yolo prune model={seg} data={synthetic_data} project={tmp_path / 'p'}")
-    finally:
-        LOGGER.removeHandler(handler)
     assert e.value.code == 2
     assert len(lines) == 1 and "holds a 'segment' model" in lines[0] and "\n" not in lines[0], lines
     assert not (tmp_path / "p").exists()
@@ -361,24 +330,14 @@ def bad_data(synthetic_data, tmp_path_factory) -> dict[str, Path]:
         ("no_data", ("'data' argument is missing",)),
     ],
 )
-def test_bad_input_fails_before_the_run_folder(untrained, synthetic_data, bad_data, tmp_path, case, fragments):
+def test_bad_input_fails_before_the_run_folder(untrained, synthetic_data, bad_data, tmp_path, case, fragments, logged):
     data = {"device": synthetic_data, "no_data": None}.get(case, bad_data.get(case))
     extra = "device=7" if case == "device" else ""
     data_arg = f"data={data}" if data else ""
     project = tmp_path / "proj"
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    handler = Collect(level=logging.ERROR)
-    LOGGER.handlers.insert(0, handler)
-    try:
+    with logged(logging.ERROR) as lines:
         with pytest.raises(SystemExit) as e:
             entrypoint(f"yolo prune model={untrained} {data_arg} {extra} imgsz=64 project={project} name=x")
-    finally:
-        LOGGER.removeHandler(handler)
     assert e.value.code == 2 and len(lines) == 1 and "\n" not in lines[0], lines
     assert all(f in lines[0] for f in fragments), lines[0]
     assert not project.exists(), "no run folder for a run that cannot start"

@@ -22,7 +22,6 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-from ultralytics.utils import LOGGER
 from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 
@@ -103,18 +102,10 @@ def assert_macs_fell(rows: list[dict]) -> None:
 
 
 @pytest.fixture
-def errors():
+def errors(logged):
     """Messages Ultralytics' LOGGER logs at ERROR level or above during the test (it does not propagate)."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.ERROR)
-    LOGGER.addHandler(handler)
-    yield records
-    LOGGER.removeHandler(handler)
+    with logged(logging.ERROR) as records:
+        yield records
 
 
 def make_run(overrides: dict) -> DepGraphPruner:

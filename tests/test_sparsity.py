@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import pytest
@@ -322,39 +323,22 @@ def test_gamma_png_written(sparse_runs):
     assert not (sparse_runs[0.0][0] / "gamma.png").exists(), "plots=False must not draw gamma.png"
 
 
-def test_log_says_when_sparsity_is_not_happening(synthetic_data, tmp_path):
-    import logging
-
-    from ultralytics.utils import LOGGER
-
-    warnings: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            warnings.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    LOGGER.handlers.insert(0, handler)
-    try:
+def test_log_says_when_sparsity_is_not_happening(synthetic_data, tmp_path, logged):
+    with logged(logging.WARNING) as warnings:
         model = YOLOPrune("yolov8n.yaml")
         model.train(data=str(synthetic_data), sr=1e-7, epochs=1, imgsz=64, batch=8, workers=0, val=False, plots=False,
                     optimizer="SGD", project=str(tmp_path), name="weak")  # fmt: skip
-    finally:
-        LOGGER.removeHandler(handler)
     lines = [w for w in warnings if "sparsity is not happening" in w]
     assert len(lines) == 1, warnings
     suggested = float(lines[0].split("; sr=")[1].split()[0])
     assert suggested > 100 * 1e-7, f"the suggested sr must be far stronger: {lines[0]}"
     trainer = model.trainer  # a median that fell by half is sparsity happening: nothing is said
     trainer._warned, trainer._first_median = False, 1.0
-    LOGGER.handlers.insert(0, handler)
-    try:
+    with logged(logging.WARNING) as later:
         trainer.check_sparsity({"gamma/median": 0.5, "gamma/lt1e-2": 0.0})
         trainer._warned = False
         trainer.check_sparsity({"gamma/median": 0.99, "gamma/lt1e-2": 0.0})
-    finally:
-        LOGGER.removeHandler(handler)
-    assert len([w for w in warnings if "not happening" in w]) == 2, "only the second call, where the median stays"
+    assert len([w for w in later if "not happening" in w]) == 1, "only the second call, where the median stays"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
