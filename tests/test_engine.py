@@ -327,20 +327,30 @@ def bad_data(synthetic_data, tmp_path_factory) -> dict[str, Path]:
         ("no_val", ("no val images",)),
         ("two_classes", ("predicts 3 classes", "has 2")),
         ("device", ("'device=7'",)),
+        ("imgsz", ("'imgsz=16'", ">= 32")),
         ("no_data", ("'data' argument is missing",)),
     ],
 )
 def test_bad_input_fails_before_the_run_folder(untrained, synthetic_data, bad_data, tmp_path, case, fragments, logged):
-    data = {"device": synthetic_data, "no_data": None}.get(case, bad_data.get(case))
-    extra = "device=7" if case == "device" else ""
+    data = {"device": synthetic_data, "imgsz": synthetic_data, "no_data": None}.get(case, bad_data.get(case))
+    extra = {"device": "device=7", "imgsz": "imgsz=16"}.get(case, "imgsz=64")
     data_arg = f"data={data}" if data else ""
     project = tmp_path / "proj"
     with logged(logging.ERROR) as lines:
         with pytest.raises(SystemExit) as e:
-            entrypoint(f"yolo prune model={untrained} {data_arg} {extra} imgsz=64 project={project} name=x")
+            entrypoint(f"yolo prune model={untrained} {data_arg} {extra} project={project} name=x")
     assert e.value.code == 2 and len(lines) == 1 and "\n" not in lines[0], lines
     assert all(f in lines[0] for f in fragments), lines[0]
     assert not project.exists(), "no run folder for a run that cannot start"
+
+
+def test_not_enough_disk_space(untrained, synthetic_data, tmp_path, monkeypatch):
+    import ultralytics_prune.preflight as preflight
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1_000_000})())
+    with pytest.raises(UserError, match="not enough disk space .* needs about .* MB, 1 MB are free"):
+        make_run("prune", model=str(untrained), data=str(synthetic_data), project=str(tmp_path / "p"), **FAST)
+    assert not (tmp_path / "p").exists()
 
 
 def test_same_name_runs_get_distinct_folders(tmp_path, monkeypatch):

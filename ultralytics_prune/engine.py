@@ -32,7 +32,7 @@ from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 from ultralytics_prune.plots import plot_prune_results
-from ultralytics_prune.preflight import check_dataset, check_device
+from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
 from ultralytics_prune.report import (
     check_onnx,
     count_macs_params,
@@ -113,6 +113,8 @@ class PruneRun:
             hold_modules(self.model, self.args.hold)  # everything that can be wrong fails here, before any folder
             check_dataset(self.args.data, self.model)
             check_device(self.args.device)
+            check_imgsz(self.args.imgsz)
+            check_disk(self.project, Path(self.args.model), files=4 * self.n_steps + 2)
             self.save_dir = new_run_dir(self.project / (self.args.name or "exp"), self.args.exist_ok)
             YAML.save(self.save_dir / "args.yaml", vars(self.args))
         self.csv = self.save_dir / f"{self.mode}_results.csv"

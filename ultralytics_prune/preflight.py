@@ -1,10 +1,11 @@
-"""What a run checks before its folder exists: the dataset, its class count against the model's, the device.
+"""What a run checks before its folder exists: the dataset, its class count, the device, the image size, the disk.
 
 A run that cannot start must fail here, with one line, and leave nothing behind (no run folder, no file).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch.nn as nn
@@ -57,3 +58,25 @@ def check_device(device) -> None:
     except Exception as e:  # ValueError from Ultralytics for an unknown or unavailable device
         reason = " ".join(str(e).split()).split(" Please ")[0]
         raise UserError(f"'device={device}' cannot be used: {reason}") from e
+
+
+def check_imgsz(imgsz) -> None:
+    """Raise `UserError` unless `imgsz` is one square size of at least 32 pixels (the largest stride)."""
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
+        raise UserError(f"'imgsz={imgsz}' cannot be used for pruning: pass one square size >= 32, e.g. 'imgsz=640'")
+
+
+def check_disk(folder: Path, checkpoint: Path, files: int) -> None:
+    """Raise `UserError` when the disk under `folder` cannot hold `files` copies of `checkpoint` and their exports.
+
+    Each step keeps its model and its fine-tune's checkpoints; half a checkpoint more per file covers the ONNX export
+    and the plots.
+    """
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    needed = int(Path(checkpoint).stat().st_size * files * 1.5)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UserError(
+            f"not enough disk space under {folder}: the run needs about {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB "
+            f"are free; free some space or pass another 'project='"
+        )
