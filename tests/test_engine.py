@@ -184,6 +184,30 @@ def test_benchmark_reports_a_failing_row_and_goes_on(untrained, synthetic_data, 
     assert "| base |" in (out / "benchmark.md").read_text()
 
 
+def test_bench_latency_table(untrained, synthetic_data, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tools.bench_latency import main as bench_latency
+
+    _, pruned = run("prune", untrained, synthetic_data, tmp_path, "lat", rate=0.5, **PRUNE_ONLY)
+    out = tmp_path / "latency"
+    assert bench_latency([str(untrained), str(pruned), "--imgsz", "64", "--rounds", "3", "--warmup", "1",
+                          "--out", str(out)]) == 0  # fmt: skip
+    rows = read_csv(out / "latency.csv")
+    backends = {r["backend"] for r in rows}
+    assert {"torch-cpu", "onnxruntime-cpu-1thread"} <= backends and len(rows) == 2 * len(backends)
+    for r in rows:
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["median_ms"] > 0
+        assert r["realization"] == pytest.approx(r["speedup"] / r["macs_factor"], rel=1e-3)
+        if r["model"].startswith("0:"):
+            assert r["speedup"] == pytest.approx(1) and r["macs_factor"] == pytest.approx(1)
+        else:
+            assert r["macs_factor"] > 2.5, "rate 0.5 removes about three quarters of the MACs"
+    assert (out / "latency.png").is_file() and json.loads((out / "latency.json").read_text())["rows"]
+    assert untrained.is_file() and not untrained.with_suffix(".onnx").exists(), "exports go beside copies"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the Python API and the CLI
 

@@ -148,7 +148,7 @@ class Benchmark:
 
     def add_latency(self, rows: list[dict]) -> None:
         """onnxruntime CPU latency of every measured row, interleaved, and the speed-up over base."""
-        from ultralytics_prune.report import onnx_latencies
+        from ultralytics_prune.latency import onnx_latencies
 
         measured = [r for r in rows if r.get("onnx")]
         for r, ms in zip(measured, onnx_latencies([r["onnx"] for r in measured], self.args.imgsz, rounds=100)):

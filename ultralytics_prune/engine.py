@@ -29,19 +29,12 @@ from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, load_detection_model, mark_pruned, save_checkpoint
 from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.graph import hold_modules
+from ultralytics_prune.latency import measure_latency
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 from ultralytics_prune.plots import plot_prune_results
 from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
-from ultralytics_prune.report import (
-    check_onnx,
-    count_macs_params,
-    export_onnx,
-    log_summary,
-    measure_latency,
-    read_csv,
-    write_csv,
-)
+from ultralytics_prune.report import check_onnx, count_macs_params, export_onnx, log_summary, read_csv, write_csv
 
 
 @contextmanager

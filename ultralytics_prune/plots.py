@@ -152,3 +152,33 @@ def plot_sensitivity(rows: list[dict], file: str | Path, rate: float) -> Path:
     for a in (ax0, ax1):
         a.grid(alpha=0.3, axis="y")
     return _save(fig, file)
+
+
+@plt_settings()
+def plot_latency(rows: list[dict], file: str | Path) -> Path:
+    """Median latency per backend, one bar per model, with the realization written over each bar but the first.
+
+    Args:
+        rows (list[dict]): Rows with `backend`, `model`, `median_ms` and `realization` (see tools/bench_latency.py).
+        file (str | Path): PNG path to write.
+    """
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(8, 2.5 * len(backends)), 4.5), tight_layout=True)
+    for j, model in enumerate(models):
+        mine = {r["backend"]: r for r in rows if r["model"] == model}
+        xs = [i + j * width for i, b in enumerate(backends) if b in mine]
+        ys = [mine[b]["median_ms"] for b in backends if b in mine]
+        ax.bar(xs, ys, width, label=model)
+        if j:
+            for x, b in zip(xs, (b for b in backends if b in mine)):
+                ax.annotate(f"x{mine[b]['realization']:.2f}", (x, mine[b]["median_ms"]), ha="center", va="bottom")
+    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(backends))], backends, rotation=15)
+    ax.set_ylabel("median latency (ms), batch 1")
+    ax.set_title("latency per backend (numbers: realization = speed-up / MACs factor)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return _save(fig, file)

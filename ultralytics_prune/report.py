@@ -1,9 +1,8 @@
-"""Numbers a pruning run reports: MACs, parameters, measured latency, the ONNX check, the CSV table, the summary."""
+"""Numbers a pruning run reports: MACs, parameters, the ONNX export and its check, the CSV table, the summary line."""
 
 from __future__ import annotations
 
 import csv
-import time
 from copy import deepcopy
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
 from ultralytics_prune.graph import example_input
+from ultralytics_prune.latency import onnx_latencies
 
 
 def count_macs_params(model: nn.Module, imgsz: int) -> tuple[float, int]:
@@ -23,21 +23,6 @@ def count_macs_params(model: nn.Module, imgsz: int) -> tuple[float, int]:
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(probe, example_input(probe, imgsz))
     return float(macs), int(params)
-
-
-def measure_latency(model: nn.Module, imgsz: int, runs: int = 20, warmup: int = 3) -> float:
-    """Median CPU latency in milliseconds of the fused model on one image (PyTorch, eval, no grad)."""
-    probe = deepcopy(model).float().cpu().eval()
-    probe = probe.fuse() if hasattr(probe, "fuse") else probe
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            t = time.perf_counter()
-            probe(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
 
 
 def first_tensor(out) -> torch.Tensor:
@@ -74,34 +59,6 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
     scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
     return {"max_abs_diff": diff, "match": diff <= atol * scale, "onnx_ms": onnx_ms, "shape": tuple(out.shape)}
 
-
-def onnx_latencies(files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0) -> list:
-    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, measured in interleaved rounds.
-
-    Each round runs every model once, so a slow spell of the machine hits all of them alike.
-
-    Args:
-        files (list[str | Path]): ONNX models taking one `imgsz` x `imgsz` image.
-        imgsz (int): Image size.
-        rounds (int): Timed runs per model.
-        warmup (int): Untimed runs per model first.
-        threads (int): onnxruntime intra-op threads; 0 = its default (the machine's cores).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in files]
-    x = np.zeros((1, 3, imgsz, imgsz), dtype=np.float32)
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    times = [[] for _ in sessions]
-    for i in range(warmup + rounds):
-        for session, feed, spent in zip(sessions, feeds, times):
-            t = time.perf_counter()
-            session.run(None, feed)
-            if i >= warmup:
-                spent.append(time.perf_counter() - t)
-    return [float(np.median(t) * 1000) for t in times]
 
 
 def export_onnx(weights: str | Path, imgsz: int) -> Path:

@@ -1,0 +1,66 @@
+"""Measured latency: models run one image at a time on a backend, interleaved, reported as medians (and extremes).
+
+Interleaving (each round runs every model once) makes a slow spell of the machine hit all models alike, so their
+ratios hold even on a busy machine; medians ignore the odd outlier.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def time_interleaved(runners: Sequence[Callable[[], object]], rounds: int = 50, warmup: int = 5) -> list[list[float]]:
+    """Milliseconds of each call of each runner, over `rounds` interleaved rounds after `warmup` untimed ones."""
+    times: list[list[float]] = [[] for _ in runners]
+    for i in range(warmup + rounds):
+        for run, spent in zip(runners, times):
+            t = time.perf_counter()
+            run()
+            if i >= warmup:
+                spent.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def torch_runner(model: nn.Module, imgsz: int, device: str = "cpu") -> Callable[[], object]:
+    """A call that runs a fused FP32 copy of `model` on one zero image (eval, inference mode) on `device`."""
+    probe = deepcopy(model).float().to(device).eval()
+    probe = probe.fuse() if hasattr(probe, "fuse") else probe
+    x = torch.zeros(1, 3, imgsz, imgsz, device=device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+
+    def run():
+        with torch.inference_mode():
+            out = probe(x)
+        sync()
+        return out
+
+    return run
+
+
+def onnx_runner(file: str | Path, imgsz: int, threads: int = 0, provider: str = "CPUExecutionProvider"):
+    """A call that runs an ONNX model in onnxruntime on one zero image; `threads` 0 = onnxruntime's default."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(file), options, providers=[provider])
+    feed = {session.get_inputs()[0].name: np.zeros((1, 3, imgsz, imgsz), dtype=np.float32)}
+    return lambda: session.run(None, feed)
+
+
+def measure_latency(model: nn.Module, imgsz: int, runs: int = 20, warmup: int = 3) -> float:
+    """Median PyTorch CPU latency (ms) of the fused model on one image."""
+    return float(np.median(time_interleaved([torch_runner(model, imgsz)], runs, warmup)[0]))
+
+
+def onnx_latencies(files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0) -> list:
+    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, measured in interleaved rounds."""
+    times = time_interleaved([onnx_runner(f, imgsz, threads) for f in files], rounds, warmup)
+    return [float(np.median(t)) for t in times]
