@@ -483,9 +483,8 @@ def test_no_import_cycle_and_no_long_module():
         tree = ast.parse(file.read_text())
         found = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                found.update(m for m in modules if node.module == m or (node.module == m and node.names))
-                found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
+            if isinstance(node, ast.ImportFrom) and node.module:  # `from a.b import c`: a.b, or a.b.c if a module
+                found.update(m for m in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if m in modules)
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name in modules)
         edges[name] = found - {name}

@@ -7,7 +7,7 @@ before any fine-tuning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -55,18 +55,28 @@ def loss_gradients(model: nn.Module, args, images: int = 64) -> None:
         model.__dict__.update(saved)
 
 
+def training_images(args, images: int) -> Iterator[torch.Tensor]:
+    """The image batches of `training_batches`, as float tensors in [0, 1]."""
+    for batch in training_batches(args, images):
+        yield batch["img"].float() / 255
+
+
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, args, images: int = 256) -> int:
-    """Re-estimate the running mean and variance of every BatchNorm of `model` on `images` training images.
+def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor]) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm of `model` on the batches `images`.
 
     The statistics are reset and averaged over the batches with equal weight (momentum None), in training mode
     without gradients; the weights, the momentum and the mode are left as they were.
+
+    Args:
+        model (nn.Module): The model, changed in place.
+        images (Iterable[torch.Tensor]): Float image batches in [0, 1], e.g. `training_images(args, 256)`.
 
     Returns:
         (int): The number of images used (0 when the model has no BatchNorm).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
-    if not bns or images <= 0:
+    if not bns:
         return 0
     device = next(model.parameters()).device
     momenta, training = [bn.momentum for bn in bns], model.training
@@ -76,9 +86,9 @@ def recalibrate_batchnorm(model: nn.Module, args, images: int = 256) -> int:
     used = 0
     try:
         model.train()
-        for batch in training_batches(args, images):
-            model(batch["img"].to(device).float() / 255)
-            used += len(batch["img"])
+        for x in images:
+            model(x.to(device))
+            used += len(x)
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum

@@ -24,7 +24,7 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
-from ultralytics_prune.calibrate import recalibrate_batchnorm
+from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, load_detection_model, mark_pruned, save_checkpoint
 from ultralytics_prune.errors import ExportMismatch, UserError
@@ -161,7 +161,7 @@ class PruneRun:
         done = self.remove(step)
         self.model.zero_grad(set_to_none=True)
         if self.args.recalibrate:
-            recalibrate_batchnorm(self.model, ultralytics_args(self.args), self.args.recalibrate)
+            recalibrate_batchnorm(self.model, training_images(ultralytics_args(self.args), self.args.recalibrate))
         pre = self.validate(self.model)
         post = pre
         if self.args.finetune_epochs > 0 and self.finetune(self.model, step_dir, self.args.finetune_epochs):
@@ -277,8 +277,8 @@ class PruneRun:
             reason = "no checkpoint was written"
         elif not reason and poisoned_best and poisoned_best[-1]:
             reason = f"NaN or Inf in '{poisoned_best[-1]}' when {best.name} was written"
-        elif not reason and first_non_finite(tuned):
-            reason = f"NaN or Inf in '{first_non_finite(tuned)}' of {best.name}"
+        elif not reason and (bad := first_non_finite(tuned)):
+            reason = f"NaN or Inf in '{bad}' of {best.name}"
         if reason:
             LOGGER.warning(f"{self.prefix}{step_dir.name}: fine-tuning diverged ({reason}); keeping the model as it "
                            f"was after the cut")  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm
+from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
@@ -93,11 +93,12 @@ class DepGraphPruner(PruneRun):
     def scan(self) -> list[dict]:
         """The sensitivity scan of the unpruned model (see `sensitivity.scan_sensitivity`)."""
         model = self.model if not self.rows[1:] else self.input_model()
-        images = min(self.args.recalibrate, 64)
+        n = min(self.args.recalibrate, 64)
+        images = list(training_images(ultralytics_args(self.args), n)) if n else []  # loaded once for every layer
 
         def evaluate(copy: nn.Module) -> float:
             if images:
-                recalibrate_batchnorm(copy, ultralytics_args(self.args), images)
+                recalibrate_batchnorm(copy, images)
             return self.validate(copy)[1]
 
         return scan_sensitivity(model, self.make_pruner, self.original_widths, self.args.rate, self.args.round_to,

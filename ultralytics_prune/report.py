@@ -14,7 +14,7 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
 from ultralytics_prune.graph import example_input
-from ultralytics_prune.latency import onnx_latencies
+from ultralytics_prune.latency import time_interleaved
 
 
 def count_macs_params(model: nn.Module, imgsz: int) -> tuple[float, int]:
@@ -48,8 +48,9 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
     with torch.inference_mode():
         ref = first_tensor(ref_model(x)).numpy()
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    onnx_ms = onnx_latencies([onnx_file], imgsz, rounds=10)[0]
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    out = session.run(None, feed)[0]
+    onnx_ms = float(np.median(time_interleaved([lambda: session.run(None, feed)], rounds=10, warmup=2)[0]))
     if out.shape != ref.shape:
         return {"max_abs_diff": float("inf"), "match": False, "onnx_ms": onnx_ms, "shape": tuple(out.shape)}
     if ref.ndim == 3 and ref.shape[-1] == 6:  # end-to-end detections (B, max_det, 6): order by score
