@@ -111,6 +111,22 @@ def test_train_without_data(tmp_path):
     assert not project.exists()
 
 
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        ("model={tmp}/missing.pt data={data}", ("missing.pt", "not found")),
+        ("model=yolov8n.yaml data={tmp}/none.yaml", ("none.yaml", "cannot be used")),
+        ("model=yolov8n.yaml data={data} device=7", ("'device=7'",)),
+    ],
+)
+def test_train_bad_input_fails_before_the_run_folder(synthetic_data, tmp_path, args, fragments):
+    project = tmp_path / "project"
+    args = args.format(tmp=tmp_path, data=synthetic_data)
+    code, out = cli(f"yolo train {args} epochs=1 imgsz=64 project={project} name=bad")
+    assert_one_error_line(code, out, *fragments)
+    assert not project.exists(), "no run folder may be created for a run that cannot start"
+
+
 def test_prune_rate_out_of_range(synthetic_data, tmp_path):
     project = tmp_path / "project"
     code, out = cli(f"yolo prune model=yolov8n.yaml data={synthetic_data} rate=1.5 project={project}")

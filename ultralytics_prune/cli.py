@@ -24,6 +24,7 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, color
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, check_prune_keys
 from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.model import YOLOPrune, run_recipe
+from ultralytics_prune.preflight import check_dataset, check_device
 
 OUR_MODES = ("train", "prune", "slim")  # modes run through YOLOPrune
 HELP_WORDS = {"help", "h", "-h", "--help", "-help"}
@@ -99,8 +100,13 @@ def run(args: list[str]) -> None:
         if model is None:
             model = DEFAULT_CFG.model or "yolo26n.yaml"
             LOGGER.warning(f"'model' argument is missing. Using default 'model={model}'.")
-        if overrides.get("data") is None and not overrides.get("resume"):
-            raise UserError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
+        if not overrides.get("resume"):  # what Ultralytics would find only after making the run folder
+            if overrides.get("data") is None:
+                raise UserError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
+            if str(model).endswith(".pt") and not Path(model).is_file():
+                raise UserError(f"checkpoint '{model}' not found (nothing is downloaded): pass a '.pt' file or a yaml")
+            check_dataset(overrides["data"])
+            check_device(overrides.get("device"))
         YOLOPrune(model, task=task).train(**overrides)  # the trainer checks the keys
         return
     if model is None and not overrides.get("resume"):

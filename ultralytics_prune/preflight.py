@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 from ultralytics.utils.torch_utils import select_device
@@ -25,8 +26,8 @@ def has_images(source) -> bool:
     return path.is_file() and path.suffix == ".txt" and bool(path.read_text().strip())
 
 
-def check_dataset(data, model: nn.Module) -> dict:
-    """The dataset's dict when it exists, has train and val images, and matches the model's class count.
+def check_dataset(data, model: nn.Module | None = None) -> dict:
+    """The dataset's dict when it exists, has train and val images, and matches the model's class count (if given).
 
     Raises:
         UserError: A missing or unreadable data.yaml, a split without images, or a class-count mismatch.
@@ -52,12 +53,24 @@ def check_dataset(data, model: nn.Module) -> dict:
 
 
 def check_device(device) -> None:
-    """Raise `UserError` when `device` names no device of this machine (e.g. 'device=7' without GPUs)."""
+    """Raise `UserError` when `device` names no device of this machine (e.g. 'device=7' without GPUs).
+
+    CUDA indices are checked here (Ultralytics' `select_device` would log its banner first and raise a multi-line
+    message); any other device string is left to `select_device`.
+    """
+    text = str(device if device is not None else "").strip().lower().replace("cuda:", "")
+    if text in {"", "cpu", "mps", "mps:0", "-1"}:
+        return
+    if all(x.strip().isdigit() for x in text.split(",")):
+        count = torch.cuda.device_count()
+        if any(int(x) >= count for x in text.split(",")):
+            raise UserError(f"'device={device}' names no GPU of this machine ({count} CUDA devices seen): "
+                            f"use 'device=cpu' or an index below {max(count, 1)}")  # fmt: skip
+        return
     try:
         select_device(device, verbose=False)
     except Exception as e:  # ValueError from Ultralytics for an unknown or unavailable device
-        reason = " ".join(str(e).split()).split(" Please ")[0]
-        raise UserError(f"'device={device}' cannot be used: {reason}") from e
+        raise UserError(f"'device={device}' cannot be used: {str(e).splitlines()[0]}") from e
 
 
 def check_imgsz(imgsz) -> None:
