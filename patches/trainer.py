@@ -1,10 +1,18 @@
-"""Trainer subclasses: train a pruned model as it is, and Network-Slimming sparsity training."""
+"""Trainer subclasses: train a pruned model as it is, and Network-Slimming sparsity training, for every task.
+
+Each behaviour is a mixin placed before Ultralytics' trainer of a task (its segment, pose and OBB trainers subclass the
+detection one), so `PRUNED_TRAINERS[task]` and `SPARSITY_TRAINERS[task]` are real classes at module level: Ultralytics'
+DDP launcher imports a trainer by its module and name in a fresh process.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, get_prune_cfg, ultralytics_args
@@ -19,8 +27,8 @@ PREFIX = colorstr("prune: ")
 SPARSITY_PREFIX = colorstr("sparsity: ")
 
 
-class PrunedModelTrainer(DetectionTrainer):
-    """Detection trainer that knows the ultralytics-prune keys and trains a pruned model as it was loaded.
+class PrunedModelMixin:
+    """Makes a task's trainer know the ultralytics-prune keys and train a pruned model as it was loaded.
 
     Ultralytics rebuilds the network from `model.yaml` and copies only the tensors whose shapes match, so a pruned
     model would silently come back at full width. Here a pruned model given as weights (a module, or a checkpoint
@@ -38,10 +46,12 @@ class PrunedModelTrainer(DetectionTrainer):
         super().__init__(cfg=checked, overrides=overrides, _callbacks=_callbacks)
 
     def get_validator(self):
-        """Ultralytics' DetectionValidator, given the args without our keys (it validates against its own)."""
-        return DetectionValidator(
-            self.test_loader, save_dir=self.save_dir, args=ultralytics_args(self.args), _callbacks=self.callbacks
-        )
+        """The task's Ultralytics validator, given the args without our keys (it checks them against its own)."""
+        args, self.args = self.args, ultralytics_args(self.args)
+        try:
+            return super().get_validator()
+        finally:
+            self.args = args
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """Return the pruned module itself when `weights` is pruned, else build from yaml as Ultralytics does."""
@@ -53,6 +63,12 @@ class PrunedModelTrainer(DetectionTrainer):
                 f"the pruned model predicts nc={weights.yaml.get('nc')} classes but data has nc={nc}; "
                 f"fine-tune it on the dataset it was pruned for"
             )
+        kpt_shape = self.data.get("kpt_shape")
+        if kpt_shape and list(getattr(weights, "kpt_shape", kpt_shape)) != list(kpt_shape):
+            raise UserError(
+                f"the pruned model predicts kpt_shape={list(weights.kpt_shape)} but data has kpt_shape={kpt_shape}; "
+                f"fine-tune it on the dataset it was pruned for"
+            )
         model = make_trainable(weights.float())
         if verbose and RANK in {-1, 0}:
             n = sum(p.numel() for p in model.parameters())
@@ -60,7 +76,7 @@ class PrunedModelTrainer(DetectionTrainer):
         return model
 
 
-class SparsityTrainer(PrunedModelTrainer):
+class SparsityMixin:
     """Network Slimming sparsity training (Liu et al. 2017): an L1 penalty on the prunable BatchNorm gammas.
 
     `sr` is the lambda of the paper: the weight of sum(|gamma|) next to the per-image mean loss. Ultralytics' gradient
@@ -153,3 +169,41 @@ class SparsityTrainer(PrunedModelTrainer):
         self.check_sparsity(stats)
         if self.args.plots:
             plot_gamma_heatmap(self._gamma_histograms, self.save_dir / "gamma.png", title=f"|gamma| sr={self.args.sr}")
+
+
+class PrunedModelTrainer(PrunedModelMixin, DetectionTrainer):
+    """Detection trainer for pruned models (see `PrunedModelMixin`)."""
+
+
+class PrunedSegmentationTrainer(PrunedModelMixin, SegmentationTrainer):
+    """Segmentation trainer for pruned models (see `PrunedModelMixin`)."""
+
+
+class PrunedPoseTrainer(PrunedModelMixin, PoseTrainer):
+    """Pose trainer for pruned models (see `PrunedModelMixin`)."""
+
+
+class PrunedOBBTrainer(PrunedModelMixin, OBBTrainer):
+    """OBB trainer for pruned models (see `PrunedModelMixin`)."""
+
+
+class SparsityTrainer(SparsityMixin, PrunedModelTrainer):
+    """Detection trainer with Network-Slimming sparsity training (see `SparsityMixin`)."""
+
+
+class SegmentationSparsityTrainer(SparsityMixin, PrunedSegmentationTrainer):
+    """Segmentation trainer with Network-Slimming sparsity training (see `SparsityMixin`)."""
+
+
+class PoseSparsityTrainer(SparsityMixin, PrunedPoseTrainer):
+    """Pose trainer with Network-Slimming sparsity training (see `SparsityMixin`)."""
+
+
+class OBBSparsityTrainer(SparsityMixin, PrunedOBBTrainer):
+    """OBB trainer with Network-Slimming sparsity training (see `SparsityMixin`)."""
+
+
+PRUNED_TRAINERS = {"detect": PrunedModelTrainer, "segment": PrunedSegmentationTrainer, "pose": PrunedPoseTrainer,
+                   "obb": PrunedOBBTrainer}  # fmt: skip
+SPARSITY_TRAINERS = {"detect": SparsityTrainer, "segment": SegmentationSparsityTrainer, "pose": PoseSparsityTrainer,
+                     "obb": OBBSparsityTrainer}  # fmt: skip

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel, SegmentationModel, load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics_prune.cfg import IMPORTANCES, get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
 import ultralytics_prune.pruner as pruner_module
 from ultralytics_prune import ExportMismatch, UserError, YOLOPrune
-from ultralytics_prune.checkpoint import first_non_finite, load_detection_model, save_checkpoint
+from ultralytics_prune.checkpoint import first_non_finite, load_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.model import RECIPES
 from ultralytics_prune.report import count_macs_params, read_csv
@@ -106,7 +106,7 @@ def test_taylor_runs_a_gradient_pass_and_leaves_no_args(untrained, synthetic_dat
 
 
 def test_global_pruning_ranks_across_layers(untrained, synthetic_data, tmp_path):
-    reference = load_detection_model(untrained)
+    reference = load_model(untrained)
     replace_blocks(reference)  # the same modules, in the same order, as the pruned model
     local, _ = run("prune", untrained, synthetic_data, tmp_path, "local", rate=0.5, round_to=1, **PRUNE_ONLY)
     ranked, _ = run("prune", untrained, synthetic_data, tmp_path, "global", rate=0.5, round_to=1, global_pruning=True,
@@ -119,7 +119,7 @@ def test_global_pruning_ranks_across_layers(untrained, synthetic_data, tmp_path)
 
 def test_step_of_one_eighth_removes_one_eighth_per_layer(untrained, synthetic_data, tmp_path):
     """rate=0.125, round_to=8 on yolov8n: each prunable layer loses 12.5 % of its width to within one multiple."""
-    reference = load_detection_model(untrained)
+    reference = load_model(untrained)
     replace_blocks(reference)
     recipe, _ = run("prune", untrained, synthetic_data, tmp_path, "eighth", rate=0.125, round_to=8, **PRUNE_ONLY)
     before, after = widths(reference), widths(recipe.model)
@@ -146,7 +146,7 @@ def test_sensitivity_scan_writes_its_table_and_drives_the_widths(untrained, synt
 
 
 def test_target_macs(untrained, synthetic_data, tmp_path):
-    base = count_macs_params(load_detection_model(untrained), 64)[0] / 1e9
+    base = count_macs_params(load_model(untrained), 64)[0] / 1e9
     target = base * 0.5
     _, final = run("prune", untrained, synthetic_data, tmp_path, "macs", target_macs=target, rate=0.1,
                    iterative_steps=2, finetune_epochs=0, onnx=False)  # fmt: skip
@@ -218,7 +218,7 @@ def test_python_prune_returns_the_pruned_model(untrained, synthetic_data, tmp_pa
     assert isinstance(pruned, YOLOPrune)
     assert Path(pruned.ckpt_path) == tmp_path / "py" / "weights" / "pruned.pt"
     n = sum(p.numel() for p in pruned.model.parameters())
-    assert n < 0.45 * sum(p.numel() for p in load_detection_model(untrained).parameters())
+    assert n < 0.45 * sum(p.numel() for p in load_model(untrained).parameters())
 
 
 def test_yolo_slim_cli(untrained, synthetic_data, tmp_path):
@@ -310,18 +310,6 @@ def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_p
     assert row["mAP50-95_post"] == row["mAP50-95_pre"], "the step keeps the model of the cut"
     for file in (final, tmp_path / "nan" / "step1" / "weights" / "step.pt"):
         assert first_non_finite(load_checkpoint(file)[0]) is None, file
-
-
-def test_task_check(synthetic_data, tmp_path, logged):
-    seg = save_checkpoint(SegmentationModel("yolov8n-seg.yaml", nc=3, verbose=False), tmp_path / "seg.pt")
-    with logged(logging.ERROR) as lines:
-        with pytest.raises(SystemExit) as e:
-            entrypoint(f"yolo prune model={seg} data={synthetic_data} project={tmp_path / 'p'}")
-    assert e.value.code == 2
-    assert len(lines) == 1 and "holds a 'segment' model" in lines[0] and "\n" not in lines[0], lines
-    assert not (tmp_path / "p").exists()
-    with pytest.raises(UserError, match="task=detect"):
-        load_detection_model(seg)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -417,7 +405,7 @@ def test_slim_resume(untrained, synthetic_data, tmp_path):
     interrupt_after_baseline(tmp_path / "s", "slimmed.pt")
     resumed = make_run("slim", resume=str(tmp_path / "s"))
     assert resumed() == final and final.is_file()
-    assert widths(load_detection_model(final)) == reference
+    assert widths(load_model(final)) == reference
     assert [int(r["step"]) for r in read_csv(tmp_path / "s" / "slim_results.csv")] == [0, 1]
     with pytest.raises(UserError, match="finished"):
         make_run("slim", resume=str(tmp_path / "s"))

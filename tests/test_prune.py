@@ -26,7 +26,7 @@ from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 
 from ultralytics_prune import UserError, YOLOPrune
-from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
+from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.graph import ATTENTION_TYPES, head_output_convs
 from ultralytics_prune.pruner import DepGraphPruner, step_ratios
@@ -206,12 +206,12 @@ def test_e2e_csv(e2e):
 
 
 def test_e2e_widths_rounded(e2e, trained):
-    model = load_detection_model(e2e["final"])
+    model = load_model(e2e["final"])
     assert conv_widths(model) == e2e["widths"], "pruned.pt must hold the in-process pruned model"
     assert n_params(model) == e2e["params"]
     assert n_params(model) == pytest.approx(e2e["rows"][-1]["params_M"] * 1e6, abs=1e3)
     assert_rounded(model, 8)
-    original = load_detection_model(trained["path"])
+    original = load_model(trained["path"])
     replace_blocks(original)
     assert len(conv_widths(original)) == len(e2e["widths"])
     narrower = sum(p[1] < o[1] for p, o in zip(e2e["widths"], conv_widths(original)))
@@ -232,7 +232,7 @@ def test_e2e_onnx_runs_in_onnxruntime(e2e):
     assert out.shape == (1, 7, 84)
     assert np.isfinite(out).all()
     # and it computes what the PyTorch model computes
-    model = load_detection_model(e2e["final"]).eval()
+    model = load_model(e2e["final"]).eval()
     with torch.inference_mode():
         ref = model(torch.from_numpy(x))
     ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
@@ -387,7 +387,7 @@ def test_prune_other_architectures(cfg, synthetic_data, tmp_path):
     model = DetectionModel(cfg, nc=3, verbose=False)
     train_args = {"data": str(synthetic_data), "imgsz": 64, "task": "detect"}
     ckpt = save_checkpoint(model, tmp_path / f"{Path(cfg).stem}.pt", train_args=train_args)
-    loaded = load_detection_model(ckpt)
+    loaded = load_model(ckpt)
     assert isinstance(loaded, DetectionModel) and conv_widths(loaded) == conv_widths(model)
     digest = sha256(ckpt)
 
@@ -402,7 +402,7 @@ def test_prune_other_architectures(cfg, synthetic_data, tmp_path):
     check = json.loads((run / "onnx_check.json").read_text())
     assert check["match"] is True, check
     assert (run / "weights" / "pruned.onnx").is_file()
-    pruned = load_detection_model(final)
+    pruned = load_model(final)
     assert conv_widths(pruned) == conv_widths(pruner.model)
     assert_rounded(pruned, 8)
     assert sha256(ckpt) == digest
@@ -489,7 +489,7 @@ def test_resume_after_interruption(trained, synthetic_data, runs_dir):
         assert rows[i]["params_M"] == pytest.approx(full[i]["params_M"], rel=1e-4)
         assert (run / f"step{i}" / "weights" / "step.pt").is_file()
     assert sha256(run / "step1" / "weights" / "step.pt") == step1
-    model = load_detection_model(final)
+    model = load_model(final)
     assert n_params(model) == pytest.approx(rows[-1]["params_M"] * 1e6, abs=1e3)
     siblings = [p.name for p in runs_dir.iterdir() if p.name.startswith("prune_resume") and p.name != "prune_resume"]
     assert not siblings, "resume must reuse the run folder"
@@ -531,9 +531,9 @@ def test_max_map_drop_stops_after_first_step(trained, synthetic_data, tmp_path, 
     assert rows[0]["mAP50-95_post"] == pytest.approx(0.3)
     assert not (run / "step1" / "weights" / "step.pt").exists()
     assert not (run / "step2").exists()
-    original = load_detection_model(trained["path"])
+    original = load_model(trained["path"])
     replace_blocks(original)
-    kept = load_detection_model(final)
+    kept = load_model(final)
     assert conv_widths(kept) == conv_widths(original)
     assert n_params(kept) == n_params(original)
     assert_untouched(trained)
@@ -549,8 +549,8 @@ def test_max_map_drop_keeps_last_good_step(trained, synthetic_data, tmp_path, mo
     run = tmp_path / "drop2"
     rows = read_rows(run / "prune_results.csv")
     assert [r["step"] for r in rows] == [0, 1]
-    step1 = load_detection_model(run / "step1" / "weights" / "step.pt")
-    kept = load_detection_model(final)
+    step1 = load_model(run / "step1" / "weights" / "step.pt")
+    kept = load_model(final)
     assert conv_widths(kept) == conv_widths(step1)
     assert n_params(kept) == pytest.approx(rows[-1]["params_M"] * 1e6, abs=1e3)
     assert n_params(kept) < 0.8 * rows[0]["params_M"] * 1e6
@@ -639,9 +639,9 @@ def test_hold_detect_layer(trained, synthetic_data, tmp_path):
         synthetic_data, tmp_path, "hold", model=str(trained["path"]), hold=22, rate=0.5, iterative_steps=1,
         finetune_epochs=0, onnx=False,
     )
-    original = load_detection_model(trained["path"])
+    original = load_model(trained["path"])
     replace_blocks(original)
-    pruned = load_detection_model(final)
+    pruned = load_model(final)
     assert type(pruned.model[22]).__name__ == "Detect"
     before = [m.out_channels for m in original.model[22].modules() if isinstance(m, nn.Conv2d)]
     after = [m.out_channels for m in pruned.model[22].modules() if isinstance(m, nn.Conv2d)]

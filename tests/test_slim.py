@@ -16,7 +16,7 @@ from ultralytics_prune.patches.blocks import C2f_v2, replace_blocks
 
 from ultralytics_prune import YOLOPrune
 from ultralytics_prune.graph import raw_head_outputs
-from ultralytics_prune.report import first_tensor, read_csv
+from ultralytics_prune.report import inference_outputs, read_csv
 from ultralytics_prune.slim import slim_model
 from ultralytics_prune.slim_select import keep_count, select_channels
 
@@ -43,7 +43,7 @@ def twin_model(cfg: str, seed: int = 0, low: float = 0.5) -> nn.Module:
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Decoded predictions plus every raw head tensor, eval mode."""
     model.eval()
-    return [first_tensor(model(x)), *raw_head_outputs(model, x)]
+    return [*inference_outputs(model(x)), *raw_head_outputs(model, x)]
 
 
 def max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

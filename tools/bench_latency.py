@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from ultralytics.utils import TQDM
 
-    from ultralytics_prune.checkpoint import load_detection_model
+    from ultralytics_prune.checkpoint import load_model
     from ultralytics_prune.latency import time_interleaved
     from ultralytics_prune.plots import plot_latency
     from ultralytics_prune.report import count_macs_params, export_onnx, write_csv
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, ckpt in enumerate(args.checkpoints):
         copy = out / "onnx" / f"{i}_{Path(ckpt).name}"
         copy.write_bytes(Path(ckpt).read_bytes())  # export beside a copy, never beside the user's file
-        model = load_detection_model(copy)
+        model = load_model(copy)
         names.append(f"{i}:{Path(ckpt).stem}")
         models.append(model)
         macs.append(count_macs_params(model, args.imgsz)[0] / 1e9)

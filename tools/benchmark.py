@@ -91,11 +91,11 @@ class Benchmark:
         import torch.nn as nn
 
         from ultralytics_prune import YOLOPrune
-        from ultralytics_prune.checkpoint import load_detection_model, save_checkpoint
+        from ultralytics_prune.checkpoint import load_model, save_checkpoint
 
         if "prune" not in self.checkpoints:
             raise RuntimeError("needs the prune row's architecture: run the prune row first")
-        model = load_detection_model(self.checkpoints["prune"])
+        model = load_model(self.checkpoints["prune"])
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
                 m.reset_parameters()
@@ -134,10 +134,10 @@ class Benchmark:
         """MACs, parameters and validation mAP of a checkpoint, and its ONNX export (latency is measured later)."""
         from ultralytics import YOLO
 
-        from ultralytics_prune.checkpoint import load_detection_model
+        from ultralytics_prune.checkpoint import load_model
         from ultralytics_prune.report import count_macs_params, export_onnx
 
-        macs, params = count_macs_params(load_detection_model(checkpoint), self.args.imgsz)
+        macs, params = count_macs_params(load_model(checkpoint), self.args.imgsz)
         metrics = YOLO(str(checkpoint)).val(**self.common, project=str(self.out / "val"), name=checkpoint.stem,
                                            verbose=False)  # fmt: skip
         copy = self.out / "onnx" / f"{len(list((self.out / 'onnx').glob('*.pt')))}_{checkpoint.name}"

@@ -1,13 +1,20 @@
-"""Generate a small synthetic object-detection dataset in Ultralytics YOLO format.
+"""Generate a small synthetic dataset in Ultralytics YOLO format, for detect, segment, pose or OBB.
 
 Each image has a textured, noisy background and 1..max_objects filled shapes of random color, size and position. The
-class of an object is its shape type (square, circle, triangle, ...), so a detector can learn the set in a few epochs;
-it is meant for smoke tests and quick pruning experiments without downloading anything.
+class of an object is its shape type (square, circle, triangle, ...), so a model can learn the set in a few epochs;
+it is meant for smoke tests and quick pruning experiments without downloading anything. What a label says of an
+object depends on the task:
+
+- detect: its box, ``cls cx cy w h``;
+- segment: its outline, ``cls x1 y1 x2 y2 ...`` (the outer contour of its mask);
+- pose: its box and four keypoints, the extreme points of the shape (top, right, bottom, left), ``cls cx cy w h
+  x y v ...``; data.yaml gets ``kpt_shape: [4, 3]`` and ``flip_idx: [0, 3, 2, 1]``;
+- obb: the shape is drawn rotated by a random angle and labelled with its rotated box, ``cls x1 y1 ... x4 y4``.
 
 Layout written under ``root``::
 
     images/train/*.jpg   images/val/*.jpg
-    labels/train/*.txt   labels/val/*.txt    (lines "cls cx cy w h", normalized, 6 decimals)
+    labels/train/*.txt   labels/val/*.txt    (one line per object, normalized, 6 decimals)
     data.yaml            (absolute path, train/val, names, and the generation parameters under "synthetic")
 
 The output is bit-identical for the same parameters. ``data.yaml`` is written last (atomically), so an interrupted
@@ -41,6 +48,9 @@ MARKER = ".synthetic-incomplete"  # present while a set is being written
 SIZE_RANGE = (0.15, 0.45)  # object extent as a fraction of the image size
 SMALL_SIZE_RANGE = (0.05, 0.12)  # the extent of a small object (`small`)
 PLACEMENT_TRIES = 30
+TASKS = ("detect", "segment", "pose", "obb")
+KPT_SHAPE = [4, 3]  # pose: top, right, bottom, left extreme point, each (x, y, visibility)
+FLIP_IDX = [0, 3, 2, 1]  # a horizontal flip swaps right and left
 
 
 def _check_int(name: str, value: object, low: int, high: int | None, flag: str) -> None:
@@ -69,7 +79,7 @@ def _check_share(name: str, value: object, high: float, flag: str) -> None:
 
 def validate_args(
     n_train: int, n_val: int, imgsz: int, nc: int, max_objects: int, seed: int, clutter: int = 0,
-    occlusion: float = 0.0, small: float = 0.0,
+    occlusion: float = 0.0, small: float = 0.0, task: str = "detect",
 ) -> None:  # fmt: skip
     """Validate the generation parameters (see `make_synthetic_dataset`).
 
@@ -83,10 +93,13 @@ def validate_args(
         clutter (int): Maximum unlabelled distractors per image, >= 0.
         occlusion (float): Share of an object that may lie on earlier ones, 0..0.5.
         small (float): Share of small objects, 0..1.
+        task (str): One of TASKS.
 
     Raises:
         ValueError: One readable line naming the bad argument and the fix.
     """
+    if task not in TASKS:
+        raise ValueError(f"make_synthetic_dataset: task={task!r} is invalid; pass one of {', '.join(TASKS)} (--task).")
     _check_int("n_train", n_train, 1, None, "--n-train")
     _check_int("n_val", n_val, 1, None, "--n-val")
     _check_int("imgsz", imgsz, 32, None, "--imgsz")
@@ -212,9 +225,20 @@ def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     return ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
 
 
+def rotate_mask(mask: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate a bool mask about the center of its set pixels (nearest neighbour, same size)."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return mask
+    matrix = cv2.getRotationMatrix2D((float(xs.mean()), float(ys.mean())), degrees, 1.0)
+    h, w = mask.shape
+    return cv2.warpAffine(mask.astype(np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST) > 0
+
+
 def _place_shape(
-    rng: np.random.Generator, shape: str, imgsz: int, occupied: np.ndarray, size_range=SIZE_RANGE, overlap: float = 0.0
-) -> np.ndarray | None:
+    rng: np.random.Generator, shape: str, imgsz: int, occupied: np.ndarray, size_range=SIZE_RANGE, overlap: float = 0.0,
+    rotate: bool = False,
+) -> np.ndarray | None:  # fmt: skip
     """Find a random size and position for a shape that overlaps already drawn objects by at most `overlap`.
 
     Args:
@@ -224,17 +248,20 @@ def _place_shape(
         occupied (np.ndarray): Bool mask of pixels already used (dilated objects).
         size_range (tuple): Extent range as a fraction of the image size.
         overlap (float): Largest share of the new shape's area that may cover earlier objects (0 = none).
+        rotate (bool): Draw the shape elongated (half as high as wide) and rotated by a random angle (for OBB).
 
     Returns:
         (np.ndarray | None): Bool mask of the placed shape, or None if no free spot was found.
     """
     for _ in range(PLACEMENT_TRIES):
         size = rng.uniform(*size_range) * imgsz
-        a, b = size / 2, size * rng.uniform(0.8, 1.25) / 2
+        a, b = size / 2, size * (rng.uniform(0.4, 0.6) if rotate else rng.uniform(0.8, 1.25)) / 2
         # the center may sit slightly outside the fully-inside range, so some shapes are clipped by the border
         cx = rng.uniform(a * 0.8, imgsz - a * 0.8)
         cy = rng.uniform(b * 0.8, imgsz - b * 0.8)
         mask = draw_shape_mask(shape, imgsz, cx, cy, a, b)
+        if rotate:
+            mask = rotate_mask(mask, float(rng.uniform(0, 180)))
         area = mask.sum()
         if area >= 16 and (mask & occupied).sum() <= overlap * area:
             return mask
@@ -261,9 +288,54 @@ def _draw_clutter(rng: np.random.Generator, img: np.ndarray, n: int, nc: int) ->
                 img[mask] = color
 
 
+def mask_outline(mask: np.ndarray) -> list[float] | None:
+    """The outer contour of the largest blob of a mask as normalized x, y pairs (at least 3 points), or None."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    points = max(contours, key=cv2.contourArea).reshape(-1, 2)
+    if len(points) < 3:
+        return None
+    h, w = mask.shape
+    return [v for x, y in points for v in ((x + 0.5) / w, (y + 0.5) / h)]
+
+
+def mask_keypoints(mask: np.ndarray) -> list[float]:
+    """The top, right, bottom and left extreme points of a mask, each as normalized (x, y, 2 = visible)."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    top, bottom = xs[ys == ys.min()].mean(), xs[ys == ys.max()].mean()
+    left, right = ys[xs == xs.min()].mean(), ys[xs == xs.max()].mean()
+    points = ((top, ys.min()), (xs.max(), right), (bottom, ys.max()), (xs.min(), left))
+    return [v for x, y in points for v in ((x + 0.5) / w, (y + 0.5) / h, 2.0)]
+
+
+def mask_rotated_box(mask: np.ndarray) -> list[float]:
+    """The four corners of the smallest rotated rectangle around a mask, as normalized x, y pairs."""
+    ys, xs = np.nonzero(mask)
+    corners = cv2.boxPoints(cv2.minAreaRect(np.stack([xs, ys], 1).astype(np.float32)))
+    h, w = mask.shape
+    return [v for x, y in corners for v in (float(np.clip((x + 0.5) / w, 0, 1)), float(np.clip((y + 0.5) / h, 0, 1)))]
+
+
+def mask_label(mask: np.ndarray, cls: int, task: str = "detect") -> tuple | None:
+    """The label of one object for `task` (see the module docstring), or None when the mask gives none."""
+    box = mask_to_box(mask)
+    if box is None:
+        return None
+    if task == "segment":
+        outline = mask_outline(mask)
+        return None if outline is None else (cls, *outline)
+    if task == "pose":
+        return (cls, *box, *mask_keypoints(mask))
+    if task == "obb":
+        return (cls, *mask_rotated_box(mask))
+    return (cls, *box)
+
+
 def render_image(
     rng: np.random.Generator, imgsz: int, nc: int, max_objects: int, clutter: int = 0, occlusion: float = 0.0,
-    small: float = 0.0,
+    small: float = 0.0, task: str = "detect",
 ) -> tuple[np.ndarray, list]:  # fmt: skip
     """Render one image and its labels.
 
@@ -275,9 +347,10 @@ def render_image(
         clutter (int): Maximum unlabelled distractors, drawn under the objects.
         occlusion (float): Share of an object that may lie on earlier ones; an object keeps its whole box.
         small (float): Share of objects drawn small (`SMALL_SIZE_RANGE`).
+        task (str): What the labels describe (see `mask_label`); `obb` draws the shapes rotated.
 
     Returns:
-        (tuple[np.ndarray, list]): BGR uint8 image and a list of (cls, cx, cy, w, h) with at least one entry.
+        (tuple[np.ndarray, list]): BGR uint8 image and a list of labels (cls first) with at least one entry.
     """
     img = _background(rng, imgsz)
     bg_mean = img.reshape(-1, 3).mean(0)
@@ -289,30 +362,31 @@ def render_image(
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(0, nc))
         size_range = SMALL_SIZE_RANGE if small and rng.uniform() < small else SIZE_RANGE
-        mask = _place_shape(rng, SHAPES[cls], imgsz, occupied, size_range, occlusion)
-        if mask is None:
+        mask = _place_shape(rng, SHAPES[cls], imgsz, occupied, size_range, occlusion, rotate=task == "obb")
+        label = None if mask is None else mask_label(mask, cls, task)
+        if label is None:
             continue  # image is full; the first object always fits on the empty canvas
         img[mask] = _object_color(rng, bg_mean)
         occupied |= cv2.dilate(mask.astype(np.uint8), kernel) > 0 if not occlusion else mask
-        labels.append((cls, *mask_to_box(mask)))
+        labels.append(label)
     img = np.clip(img + rng.normal(0, 6, size=img.shape), 0, 255)  # noise over objects, too
     return img.astype(np.uint8), labels
 
 
 def format_labels(labels: list) -> str:
-    """Format labels as YOLO txt lines ``cls cx cy w h`` with 6 decimals.
+    """Format labels as YOLO txt lines: the class, then every value with 6 decimals.
 
     Args:
-        labels (list): Tuples (cls, cx, cy, w, h).
+        labels (list): Tuples (cls, values...), e.g. (cls, cx, cy, w, h) for detection.
 
     Returns:
         (str): File content, one line per object.
     """
-    return "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
+    return "".join(" ".join([str(c), *(f"{v:.6f}" for v in values)]) + "\n" for c, *values in labels)
 
 
 def _params(n_train: int, n_val: int, imgsz: int, nc: int, max_objects: int, seed: int, **hard) -> dict:
-    """Generation parameters as stored under ``synthetic:`` in data.yaml (the hard options only when set)."""
+    """Generation parameters as stored under ``synthetic:`` in data.yaml (the options only when set)."""
     params = dict(n_train=int(n_train), n_val=int(n_val), imgsz=int(imgsz), nc=int(nc), max_objects=int(max_objects),
                   seed=int(seed), version=FORMAT_VERSION)  # fmt: skip
     return {**params, **{k: v for k, v in hard.items() if v}}
@@ -391,7 +465,7 @@ def _write_split(root: Path, split: str, n: int, params: dict) -> None:
     for i in range(n):
         # one independent stream per image: the same image for a given (seed, split, index), whatever n is
         rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
-        hard = {k: params[k] for k in ("clutter", "occlusion", "small") if k in params}
+        hard = {k: params[k] for k in ("clutter", "occlusion", "small", "task") if k in params}
         img, labels = render_image(rng, params["imgsz"], params["nc"], params["max_objects"], **hard)
         ok, buf = cv2.imencode(IMG_SUFFIX, img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
@@ -416,6 +490,7 @@ def _write_yaml(root: Path, params: dict) -> Path:
         "train": "images/train",
         "val": "images/val",
         "names": {i: SHAPES[i] for i in range(params["nc"])},
+        **({"kpt_shape": KPT_SHAPE, "flip_idx": FLIP_IDX} if params.get("task") == "pose" else {}),
         "synthetic": params,
     }
     yaml_file, tmp = root / "data.yaml", root / "data.yaml.tmp"
@@ -435,8 +510,9 @@ def make_synthetic_dataset(
     clutter: int = 0,
     occlusion: float = 0.0,
     small: float = 0.0,
+    task: str = "detect",
 ) -> Path:
-    """Generate (or reuse) a synthetic YOLO detection dataset of shapes.
+    """Generate (or reuse) a synthetic YOLO dataset of shapes for `task`.
 
     Args:
         root (str | Path): Output folder; created if missing.
@@ -449,6 +525,7 @@ def make_synthetic_dataset(
         clutter (int): Up to this many unlabelled distractors per image (lines, blobs, shapes of unused classes).
         occlusion (float): Objects may lie on earlier ones by up to this share of their area (boxes stay whole).
         small (float): This share of the objects is small (5-12 % of the image side).
+        task (str): detect, segment, pose or obb: what the labels describe (see the module docstring).
 
     Returns:
         (Path): Absolute path of the written ``data.yaml``.
@@ -456,9 +533,10 @@ def make_synthetic_dataset(
     Raises:
         ValueError: On an invalid argument, or if ``root`` holds a dataset not made by this tool.
     """
-    validate_args(n_train, n_val, imgsz, nc, max_objects, seed, clutter, occlusion, small)
+    validate_args(n_train, n_val, imgsz, nc, max_objects, seed, clutter, occlusion, small, task)
     root = Path(root).expanduser().resolve()
-    params = _params(n_train, n_val, imgsz, nc, max_objects, seed, clutter=clutter, occlusion=occlusion, small=small)
+    hard = dict(clutter=clutter, occlusion=occlusion, small=small, task=task if task != "detect" else None)
+    params = _params(n_train, n_val, imgsz, nc, max_objects, seed, **hard)
     if _is_up_to_date(root, params):
         LOGGER.info(f"Synthetic dataset already up to date, reusing {root / 'data.yaml'}")
         return root / "data.yaml"
@@ -467,13 +545,14 @@ def make_synthetic_dataset(
         _write_split(root, split, params[f"n_{split}"], params)
     yaml_file = _write_yaml(root, params)  # last: only a complete set gets a data.yaml
     (root / MARKER).unlink()
-    LOGGER.info(f"Synthetic dataset: {n_train} train + {n_val} val images, {nc} classes -> {yaml_file}")
+    LOGGER.info(f"Synthetic {task} dataset: {n_train} train + {n_val} val images, {nc} classes -> {yaml_file}")
     return yaml_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the synthetic-set options (`--out`, sizes, classes, seed) from `argv` or sys.argv."""
-    p = argparse.ArgumentParser(description="Generate a synthetic YOLO detection dataset of colored shapes.")
+    p = argparse.ArgumentParser(description="Generate a synthetic YOLO dataset of colored shapes.")
+    p.add_argument("--task", default="detect", choices=TASKS, help="what the labels describe (default: detect)")
     p.add_argument("--out", default="datasets/synthetic", help="output folder (default: datasets/synthetic)")
     p.add_argument("--n-train", type=int, default=64, help="number of training images")
     p.add_argument("--n-val", type=int, default=16, help="number of validation images")
@@ -495,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         hard = dict(clutter=6, occlusion=0.35, small=0.4) if args.hard else {}
         yaml_file = make_synthetic_dataset(
             args.out, args.n_train, args.n_val, args.imgsz, args.nc, args.max_objects, args.seed,
-            **{"clutter": args.clutter, "occlusion": args.occlusion, "small": args.small, **hard},
+            **{"clutter": args.clutter, "occlusion": args.occlusion, "small": args.small, **hard}, task=args.task,
         )
     except ValueError as e:
         LOGGER.error(str(e))

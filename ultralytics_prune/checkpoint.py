@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from ultralytics import __version__ as ULTRALYTICS_VERSION
-from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
+from ultralytics.nn.tasks import load_checkpoint
 
 from ultralytics_prune import __version__
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.blocks import TWINS
+from ultralytics_prune.tasks import task_of
 
 PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
 
@@ -47,18 +48,6 @@ def is_pruned(model: nn.Module) -> bool:
     return bool(pruned_info(model)) or any(isinstance(m, twins) for m in model.modules())
 
 
-def model_task(model) -> str:
-    """The task of a loaded model, read from its architecture (its yaml's head, else its modules).
-
-    Ultralytics' `guess_model_task(model)` asks `model.args` first, which its loader fills with the default
-    `task=detect` when a checkpoint's `train_args` lack one.
-    """
-    if not isinstance(model, nn.Module):
-        return type(model).__name__
-    yaml = getattr(model, "yaml", None)
-    return (guess_model_task(yaml) if isinstance(yaml, dict) else None) or guess_model_task(model)
-
-
 def first_non_finite(model: nn.Module) -> str | None:
     """The name of the first parameter or buffer of `model` holding NaN or Inf, or None when all are finite."""
     for name, t in model.state_dict().items():
@@ -67,15 +56,15 @@ def first_non_finite(model: nn.Module) -> str | None:
     return None
 
 
-def load_detection_model(weights: str | Path) -> nn.Module:
-    """Load a trained detection checkpoint as an FP32, trainable model, or raise one readable line.
+def load_model(weights: str | Path) -> nn.Module:
+    """Load a trained YOLO checkpoint (detect, segment, pose, OBB) as an FP32, trainable model, or raise one line.
 
     Args:
         weights (str | Path): Path to an Ultralytics `.pt` checkpoint (e.g. `best.pt`, `last.pt`, `pruned.pt`).
 
     Raises:
         UserError: The path is not a `.pt` file, does not exist (nothing is downloaded), cannot be read, holds a
-            model of another task, or holds NaN or Inf weights.
+            model of another family or task (see `tasks.task_of`), or holds NaN or Inf weights.
     """
     path = Path(weights)
     if path.suffix != ".pt":
@@ -88,11 +77,7 @@ def load_detection_model(weights: str | Path) -> nn.Module:
         reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
         why = f"{type(e).__name__}: {reason}"
         raise UserError(f"checkpoint '{weights}' could not be read ({why}); is it corrupt?") from e
-    task = model_task(model)
-    if not isinstance(model, DetectionModel) or task != "detect":  # Segment, Pose, OBB subclass DetectionModel
-        raise UserError(
-            f"checkpoint '{weights}' holds a '{task}' model; ultralytics-prune prunes detection models (task=detect)"
-        )
+    task_of(model, f"checkpoint '{weights}'")
     bad = first_non_finite(model)
     if bad:
         raise UserError(f"checkpoint '{weights}' holds non-finite weights (NaN or Inf in '{bad}'); use an earlier one")

@@ -25,6 +25,8 @@ from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, check_
 from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.model import YOLOPrune, run_recipe
 from ultralytics_prune.preflight import check_dataset, check_device
+from ultralytics_prune.tasks import SUPPORTED
+from ultralytics_prune.tasks import TASKS as PRUNABLE_TASKS
 
 OUR_MODES = ("train", "prune", "slim")  # modes run through YOLOPrune
 HELP_WORDS = {"help", "h", "-h", "--help", "-help"}
@@ -93,8 +95,8 @@ def run(args: list[str]) -> None:
     overrides = parse_cli_args(args)
     mode = overrides.pop("mode")
     task = overrides.pop("task", None)
-    if task not in (None, "detect"):
-        raise UserError(f"'task={task}' is not supported by ultralytics-prune yet; use a detection model (task=detect)")
+    if task not in (None, *PRUNABLE_TASKS):
+        raise UserError(f"'task={task}' is not supported: ultralytics-prune prunes YOLO {SUPPORTED} models")
     model = overrides.pop("model", None)
     if mode == "train":
         if model is None:

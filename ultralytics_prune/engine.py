@@ -19,22 +19,22 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn as nn
-from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
 from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
-from ultralytics_prune.checkpoint import first_non_finite, load_detection_model, mark_pruned, save_checkpoint
+from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint
 from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.latency import measure_latency
 from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.patches.trainer import PrunedModelTrainer
+from ultralytics_prune.patches.trainer import PRUNED_TRAINERS
 from ultralytics_prune.plots import plot_prune_results
 from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
 from ultralytics_prune.report import check_onnx, count_macs_params, export_onnx, log_summary, read_csv, write_csv
+from ultralytics_prune.tasks import TASKS, task_of
 
 
 @contextmanager
@@ -80,6 +80,7 @@ class PruneRun:
         args (IterableSimpleNamespace): Ultralytics args merged with the ultralytics-prune keys, checked.
         save_dir (Path): The run folder, `runs/<mode>/<name>`.
         model (nn.Module): The model being pruned (FP32, block twins swapped in).
+        task (Task): The model's task: its trainer, validator and the metric `max_map_drop` watches.
         rows (list[dict]): One row of numbers per finished step; row 0 is the unpruned model.
     """
 
@@ -100,9 +101,12 @@ class PruneRun:
         if self.resuming:
             self.save_dir = self.find_resume_dir(args.resume)
             self.args = get_prune_cfg(overrides={**YAML.load(self.save_dir / "args.yaml"), "resume": False})
+            self.task = TASKS[self.args.task]
             self.model = None  # loaded by restore()
         else:
-            self.model = load_detection_model(self.args.model)
+            self.model = load_model(self.args.model)
+            self.task = task_of(self.model)
+            self.args.task = self.task.name  # the checkpoint decides, as in Ultralytics
             hold_modules(self.model, self.args.hold)  # everything that can be wrong fails here, before any folder
             check_dataset(self.args.data, self.model)
             check_device(self.args.device)
@@ -150,8 +154,8 @@ class PruneRun:
     def begin(self) -> int:
         """Swap in the block twins and record the unpruned model as row 0; return the first step."""
         replace_blocks(self.model)
-        map50, map5095 = self.validate(self.model)
-        row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model), **self.map_columns(map50, map5095)}
+        row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model),
+               **self.map_columns(self.validate(self.model))}  # fmt: skip
         self.record(row)
         return 1
 
@@ -167,7 +171,7 @@ class PruneRun:
         if self.args.finetune_epochs > 0 and self.finetune(self.model, step_dir, self.args.finetune_epochs):
             post = self.validate(self.model)
         row = {"step": step, "ratio": done["ratio"], "removed": done["removed"], **self.measure(self.model),
-               **self.map_columns(*pre, *post)}  # fmt: skip
+               **self.map_columns(pre, post)}  # fmt: skip
         if self.lost_too_much(row):
             self.model = self.last_good_model(step)
             return False
@@ -176,12 +180,13 @@ class PruneRun:
         return True
 
     def lost_too_much(self, row: dict) -> bool:
-        """The stop rule: mAP50-95 after the step is more than `max_map_drop` below the unpruned model's."""
-        base, now = self.rows[0]["mAP50-95_post"], row["mAP50-95_post"]
+        """The stop rule: the task's mAP50-95 after the step is more than `max_map_drop` below the unpruned model's."""
+        metric = self.task.metric
+        base, now = self.rows[0][f"{metric}_post"], row[f"{metric}_post"]
         if base - now <= self.args.max_map_drop:
             return False
         LOGGER.warning(
-            f"{self.prefix}step {row['step']}: mAP50-95 {now:.4f} is more than max_map_drop={self.args.max_map_drop} "
+            f"{self.prefix}step {row['step']}: {metric} {now:.4f} is more than max_map_drop={self.args.max_map_drop} "
             f"below the baseline {base:.4f}; stopping and keeping the model of step {row['step'] - 1}"
         )
         return True
@@ -199,7 +204,7 @@ class PruneRun:
                 f"{self.prefix}ONNX {onnx_file.name} {status} PyTorch (max abs diff {check['max_abs_diff']:.2e}), "
                 f"onnxruntime CPU {check['onnx_ms']:.2f}ms"
             )
-        log_summary(self.mode, self.rows[0], self.rows[-1])
+        log_summary(self.mode, self.rows[0], self.rows[-1], self.task.metric)
         if self.args.onnx and not check["match"]:
             raise ExportMismatch(
                 f"{onnx_file} does not match PyTorch: max abs diff {check['max_abs_diff']:.3g} (output shape "
@@ -209,13 +214,16 @@ class PruneRun:
         return self.final_file
 
     # measuring --------------------------------------------------------------------------------------------------------
-    def validate(self, model: nn.Module) -> tuple[float, float]:
-        """Return (mAP50, mAP50-95) of `model` on the val split (a copy is validated; `model` is unchanged)."""
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Box mAP50 and mAP50-95 of `model` on the val split, and the task's own (a copy is validated).
+
+        Returns:
+            (dict): `mAP50`, `mAP50-95` and, for segment and pose, `mask_`/`pose_` `mAP50` and `mAP50-95`.
+        """
         args = vars(ultralytics_args(self.args))
         args.update(mode="val", plots=False, save_json=False, verbose=False, split="val", half=False)
-        validator = DetectionValidator(save_dir=self.save_dir / "val", args=args)
-        stats = validator(model=deepcopy(model).float())
-        return float(stats["metrics/mAP50(B)"]), float(stats["metrics/mAP50-95(B)"])
+        validator = self.task.validator(save_dir=self.save_dir / "val", args=args)
+        return self.task.metric_columns(validator(model=deepcopy(model).float()))
 
     def measure(self, model: nn.Module) -> dict:
         """MACs (G), parameters (M) and PyTorch CPU latency (ms) at the run's image size."""
@@ -223,14 +231,9 @@ class PruneRun:
         return {"macs_G": macs / 1e9, "params_M": params / 1e6, "latency_ms": measure_latency(model, self.args.imgsz)}
 
     @staticmethod
-    def map_columns(map50_pre: float, map_pre: float, map50_post: float | None = None, map_post: float | None = None):
+    def map_columns(pre: dict[str, float], post: dict[str, float] | None = None) -> dict[str, float]:
         """The mAP columns of a row: after the cut ("pre") and after fine-tuning ("post", the same without it)."""
-        return {
-            "mAP50_pre": map50_pre,
-            "mAP50-95_pre": map_pre,
-            "mAP50_post": map50_pre if map50_post is None else map50_post,
-            "mAP50-95_post": map_pre if map_post is None else map_post,
-        }
+        return {**{f"{k}_pre": v for k, v in pre.items()}, **{f"{k}_post": v for k, v in (post or pre).items()}}
 
     # fine-tuning ------------------------------------------------------------------------------------------------------
     def finetune(self, model: nn.Module, step_dir: Path, epochs: int) -> bool:
@@ -257,7 +260,7 @@ class PruneRun:
             "save_dir": str(step_dir),
             "distill_model": self.args.distill_model or (str(self.args.model) if self.args.distill else None),
         }
-        trainer = PrunedModelTrainer(overrides=overrides)
+        trainer = PRUNED_TRAINERS[self.task.name](overrides=overrides)
         poisoned_best = []  # Ultralytics writes NaN weights as zeros (nan_to_num), so look before it saves
         trainer.add_callback("on_model_save", lambda t: poisoned_best.append(first_non_finite(t.ema.ema))
                              if t.best_fitness == t.fitness else None)  # fmt: skip
@@ -300,17 +303,17 @@ class PruneRun:
         """Append a row, rewrite the CSV and the plot."""
         self.rows.append(row)
         write_csv(self.rows, self.csv)
-        plot_prune_results(self.rows, self.save_dir / f"{self.mode}_results.png")
+        plot_prune_results(self.rows, self.save_dir / f"{self.mode}_results.png", self.task.metric)
 
     def input_model(self) -> nn.Module:
         """The input checkpoint's model again, with the block twins swapped in (as row 0 measured it)."""
-        model = load_detection_model(self.args.model)
+        model = load_model(self.args.model)
         replace_blocks(model)
         return model
 
     def last_good_model(self, step: int) -> nn.Module:
         """The model of the last finished step before `step` (the input model before step 1)."""
-        return self.input_model() if step <= 1 else load_detection_model(self.step_file(step - 1))
+        return self.input_model() if step <= 1 else load_model(self.step_file(step - 1))
 
     def step_file(self, step: int) -> Path:
         """Where the model of a finished step is kept."""
@@ -336,10 +339,10 @@ class PruneRun:
     def restore(self) -> int:
         """Reload the rows and the last finished step's model; return the next step."""
         if not self.csv.exists():  # stopped before the baseline row was written
-            self.model = load_detection_model(self.args.model)
+            self.model = load_model(self.args.model)
             return self.begin()
         self.rows = read_csv(self.csv)
         last = int(self.rows[-1]["step"])
-        self.model = load_detection_model(self.step_file(last)) if last else self.input_model()
+        self.model = load_model(self.step_file(last)) if last else self.input_model()
         LOGGER.info(f"{self.prefix}resuming {self.save_dir} after step {last}")
         return last + 1

@@ -8,7 +8,12 @@ alike. Three Ultralytics details need care when tracing:
 - attention blocks reshape channels into heads; tracing through them makes torch-pruning's index mapping grow
   without bound, so each `Attention` is traced as one opaque layer whose channels are held whole;
 - YOLO26's end-to-end head feeds its one-to-one branch from `x.detach()` in training mode; tracing is done in
-  eval mode on the raw head outputs of both branches, so both stay coupled to the backbone.
+  eval mode on the raw head outputs of both branches, so both stay coupled to the backbone;
+- some branches run in training mode only (YOLO26 pose's keypoint sigmas, YOLO26 segment's semantic head): an
+  eval-mode trace would not see them and pruning their inputs would break training, so while tracing a hook runs
+  each on the features it reads and its output joins the traced outputs;
+- the task outputs have fixed widths too: mask coefficients and prototypes (segment), keypoints and their sigmas
+  (pose), the angle (OBB), the semantic classes (YOLO26 segment): held.
 """
 
 from __future__ import annotations
@@ -80,17 +85,64 @@ def detect_heads(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Detect)]
 
 
+HEAD_BRANCHES = ("cv2", "cv3", "cv4", "cv4_kpts", "cv4_sigma")  # each also as `one2one_<name>` (end-to-end heads)
+
+
 def head_output_convs(model: nn.Module) -> list[nn.Module]:
-    """Return the output convolutions of the heads, whose channel count is fixed by classes and box coding."""
+    """Return the output layers of the heads, whose channel count is fixed by the task.
+
+    Those are the last layer of every branch (boxes, classes, mask coefficients, keypoints and their sigmas, angle),
+    the DFL projection, the prototype output of a segment head and the semantic output of YOLO26's.
+    """
     held = []
     for head in detect_heads(model):
-        for name in ("cv2", "cv3", "cv4", "one2one_cv2", "one2one_cv3", "one2one_cv4"):
+        for name in HEAD_BRANCHES + tuple(f"one2one_{n}" for n in HEAD_BRANCHES):
             branches = getattr(head, name, None)
             if isinstance(branches, nn.ModuleList):
                 held.extend(branch[-1] if isinstance(branch, nn.Sequential) else branch for branch in branches)
-        if isinstance(getattr(head, "dfl", None), nn.Module):
-            held.append(head.dfl)
+        proto = getattr(head, "proto", None)
+        held.extend(m for m in (getattr(head, "dfl", None), getattr(proto, "cv3", None)) if isinstance(m, nn.Module))
+        if isinstance(getattr(proto, "semseg", None), nn.Sequential):
+            held.append(proto.semseg[-1])
     return held
+
+
+def training_only_branches(model: nn.Module) -> list[tuple[nn.Module, nn.Module, str]]:
+    """(source, branch, "input"|"output") for every head branch that runs in training mode only.
+
+    `branch` reads the input or the output of `source`: YOLO26 pose's `cv4_sigma[i]` reads what `cv4[i]` gives,
+    YOLO26 segment's `proto.semseg` reads what `proto.feat_fuse` is given.
+    """
+    found = []
+    for head in detect_heads(model):
+        for prefix in ("", "one2one_"):
+            features, sigmas = getattr(head, f"{prefix}cv4", None), getattr(head, f"{prefix}cv4_sigma", None)
+            if isinstance(features, nn.ModuleList) and isinstance(sigmas, nn.ModuleList):
+                found.extend((f, s, "output") for f, s in zip(features, sigmas))
+        proto = getattr(head, "proto", None)
+        if isinstance(getattr(proto, "semseg", None), nn.Module) and isinstance(getattr(proto, "feat_fuse", None),
+                                                                                 nn.Module):  # fmt: skip
+            found.append((proto.feat_fuse, proto.semseg, "input"))
+    return found
+
+
+@contextmanager
+def traced_training_branches(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While active, every training-only branch runs beside its source; yields the list their outputs go to."""
+    outputs: list[torch.Tensor] = []
+
+    def hook_for(branch: nn.Module, reads: str):
+        def run_branch(module, inputs, output):
+            outputs.append(branch(inputs[0] if reads == "input" else output))
+
+        return run_branch
+
+    hooks = [src.register_forward_hook(hook_for(b, reads)) for src, b, reads in training_only_branches(model)]
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def attention_pruners() -> dict:
@@ -103,8 +155,14 @@ def held_layers(model: nn.Module, extra: Iterable[nn.Module] = ()) -> list[nn.Mo
     return head_output_convs(model) + [m for m in model.modules() if isinstance(m, ATTENTION_TYPES)] + list(extra)
 
 
+TRAINING_OUTPUTS = "_traced_training_outputs"  # attribute holding the training-only outputs during a trace
+
+
 def raw_head_outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """Forward in eval mode and return the raw box/score tensors of every head branch (no decoding)."""
+    """Forward in eval mode and return the raw tensors of every head branch (no decoding).
+
+    Inside `tracing`, the outputs of the training-only branches come too.
+    """
     out = model(images)
     preds = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else out
     tensors = []
@@ -121,6 +179,10 @@ def raw_head_outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tenso
             tensors.append(obj)
 
     collect(preds)
+    extra = model.__dict__.get(TRAINING_OUTPUTS)
+    if extra:  # handed over once: a second forward collects its own
+        tensors.extend(extra)
+        extra.clear()
     return tensors
 
 
@@ -154,8 +216,12 @@ def trace_settings() -> dict:
 def tracing(model: nn.Module) -> Iterator[None]:
     """While active, `model` can be traced: gradients on for every parameter, attention layers opaque."""
     make_trainable(model)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
-    with opaque_attention(model), torch.enable_grad():
-        yield
+    with opaque_attention(model), traced_training_branches(model) as extra, torch.enable_grad():
+        model.__dict__[TRAINING_OUTPUTS] = extra
+        try:
+            yield
+        finally:
+            model.__dict__.pop(TRAINING_OUTPUTS, None)
 
 
 def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:

@@ -8,7 +8,7 @@ from ultralytics import YOLO
 
 from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.patches.trainer import SparsityTrainer
+from ultralytics_prune.patches.trainer import SPARSITY_TRAINERS
 from ultralytics_prune.pruner import DepGraphPruner
 from ultralytics_prune.slim import NetworkSlimmer
 
@@ -30,7 +30,7 @@ def run_recipe(mode: str, overrides: dict) -> Path:
 
 
 class YOLOPrune(YOLO):
-    """A `YOLO` model whose detection trainer is the sparsity trainer, plus `prune()` and `slim()`.
+    """A `YOLO` model whose detect, segment, pose and OBB trainers are the sparsity trainers, plus `prune()`, `slim()`.
 
     Every usual `YOLO` method works. `train()` accepts the ultralytics-prune keys (e.g. `sr=1e-4`) and trains a pruned
     checkpoint at its pruned widths instead of rebuilding it from yaml.
@@ -43,9 +43,10 @@ class YOLOPrune(YOLO):
 
     @property
     def task_map(self) -> dict:
-        """Ultralytics' task map with the detection trainer replaced by `SparsityTrainer`."""
+        """Ultralytics' task map with each task's trainer replaced by its sparsity trainer (`SPARSITY_TRAINERS`)."""
         task_map = super().task_map
-        task_map["detect"] = {**task_map["detect"], "trainer": SparsityTrainer}
+        for task, trainer in SPARSITY_TRAINERS.items():
+            task_map[task] = {**task_map[task], "trainer": trainer}
         return task_map
 
     def _recipe_overrides(self, kwargs: dict) -> dict:

@@ -14,12 +14,13 @@ HIST_CENTERS = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
 
 
 @plt_settings()
-def plot_prune_results(rows: list[dict], file: str | Path) -> Path:
+def plot_prune_results(rows: list[dict], file: str | Path, metric: str = "mAP50-95") -> Path:
     """Plot MACs, parameters, mAP (after the cut and after fine-tuning) and latency against the pruning step.
 
     Args:
         rows (list[dict]): The rows of `<mode>_results.csv`, row 0 the unpruned model.
         file (str | Path): PNG path to write.
+        metric (str): The task's own mAP50-95 column (e.g. `mask_mAP50-95`); the box mAP50-95 is drawn beside it.
     """
     import matplotlib.pyplot as plt
 
@@ -29,9 +30,10 @@ def plot_prune_results(rows: list[dict], file: str | Path) -> Path:
     ax[0, 0].set_title("MACs (G)")
     ax[0, 1].plot(steps, [r["params_M"] for r in rows], "o-")
     ax[0, 1].set_title("parameters (M)")
-    ax[1, 0].plot(steps, [r["mAP50-95_pre"] for r in rows], "o--", label="mAP50-95 after pruning")
-    ax[1, 0].plot(steps, [r["mAP50-95_post"] for r in rows], "o-", label="mAP50-95 after fine-tuning")
-    ax[1, 0].plot(steps, [r["mAP50_post"] for r in rows], "s:", label="mAP50 after fine-tuning")
+    ax[1, 0].plot(steps, [r[f"{metric}_pre"] for r in rows], "o--", label=f"{metric} after pruning")
+    ax[1, 0].plot(steps, [r[f"{metric}_post"] for r in rows], "o-", label=f"{metric} after fine-tuning")
+    second = "mAP50" if metric == "mAP50-95" else "mAP50-95"  # box mAP50, or the box metric beside a task's own
+    ax[1, 0].plot(steps, [r[f"{second}_post"] for r in rows], "s:", label=f"box {second} after fine-tuning")
     ax[1, 0].set_title("mAP")
     ax[1, 0].legend()
     ax[1, 1].plot(steps, [r["latency_ms"] for r in rows], "o-")

@@ -27,10 +27,11 @@ def has_images(source) -> bool:
 
 
 def check_dataset(data, model: nn.Module | None = None) -> dict:
-    """The dataset's dict when it exists, has train and val images, and matches the model's class count (if given).
+    """The dataset's dict when it exists, has train and val images, and matches the model's classes and keypoints.
 
     Raises:
-        UserError: A missing or unreadable data.yaml, a split without images, or a class-count mismatch.
+        UserError: A missing or unreadable data.yaml, a split without images, or a class-count or keypoint-shape
+            mismatch with `model` (when given).
     """
     if not data:
         raise UserError("'data' argument is missing: pass the dataset the model was trained on, e.g. 'data=my.yaml'")
@@ -48,6 +49,12 @@ def check_dataset(data, model: nn.Module | None = None) -> dict:
         raise UserError(
             f"the model predicts {nc} classes but 'data={data}' has {info['nc']}: "
             f"prune with the dataset it was trained on"
+        )
+    kpt_shape = getattr(model, "kpt_shape", None)
+    if kpt_shape is not None and list(info.get("kpt_shape") or []) != list(kpt_shape):
+        raise UserError(
+            f"the model predicts keypoints of kpt_shape={list(kpt_shape)} but 'data={data}' has "
+            f"kpt_shape={info.get('kpt_shape')}: prune with the dataset it was trained on"
         )
     return info
 

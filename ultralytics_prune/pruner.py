@@ -28,7 +28,8 @@ class DepGraphPruner(PruneRun):
 
     Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate`, or, with
     `target_macs` / `speedup`, so that MACs fall geometrically to that goal; the loop around it validates, fine-tunes
-    for `epochs` and stops when mAP50-95 falls more than `max_map_drop` below the start. With `sensitivity=True` a
+    for `epochs` and stops when the task's mAP50-95 falls more than `max_map_drop` below the start. With
+    `sensitivity=True` a
     scan before the first step gives each layer its own share of `rate` (see `sensitivity`).
     """
 
@@ -86,8 +87,9 @@ class DepGraphPruner(PruneRun):
         if not self.args.sensitivity or not self.args.rate:
             return ratio
         if not hasattr(self, "_sensitivity"):
-            self._sensitivity = sensitivity_ratios(self.save_dir / "sensitivity.csv", self.rows[0]["mAP50-95_post"],
-                                                   self.args.rate, self.scan, plot=self.args.plots)  # fmt: skip
+            base = self.rows[0][f"{self.task.metric}_post"]
+            self._sensitivity = sensitivity_ratios(self.save_dir / "sensitivity.csv", base, self.args.rate, self.scan,
+                                                   plot=self.args.plots)  # fmt: skip
         return min(0.95, self._sensitivity.get(name, self.args.rate) * ratio / self.args.rate)
 
     def scan(self) -> list[dict]:
@@ -99,7 +101,7 @@ class DepGraphPruner(PruneRun):
         def evaluate(copy: nn.Module) -> float:
             if images:
                 recalibrate_batchnorm(copy, images)
-            return self.validate(copy)[1]
+            return self.validate(copy)[self.task.metric]
 
         return scan_sensitivity(model, self.make_pruner, self.original_widths, self.args.rate, self.args.round_to,
                                 evaluate)  # fmt: skip

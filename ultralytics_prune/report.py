@@ -25,20 +25,25 @@ def count_macs_params(model: nn.Module, imgsz: int) -> tuple[float, int]:
     return float(macs), int(params)
 
 
-def first_tensor(out) -> torch.Tensor:
-    """The prediction tensor of an Ultralytics model output (which may be a tuple with the raw head dict)."""
-    while isinstance(out, (list, tuple)):
-        out = out[0]
-    return out
+def inference_outputs(out) -> list[torch.Tensor]:
+    """The tensors an exported model outputs, in order, from an eval-mode Ultralytics output.
+
+    In eval mode a head returns `(predictions, raw head dict)`; the predictions are one tensor (detect, pose, OBB)
+    or `(predictions, prototypes)` (segment).
+    """
+    preds = out[0] if isinstance(out, (list, tuple)) and isinstance(out[-1], dict) else out
+    return [preds] if isinstance(preds, torch.Tensor) else [t for t in preds if isinstance(t, torch.Tensor)]
 
 
 def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float = 1e-3) -> dict:
-    """Run an exported ONNX model in onnxruntime (CPU provider) and compare with PyTorch on the same image.
+    """Run an exported ONNX model in onnxruntime (CPU provider) and compare every output with PyTorch's.
 
-    End-to-end heads (YOLO26) output top-k detections; near-ties may swap order, so those are compared sorted by score.
+    End-to-end heads (YOLO26) output top-k detections; near-ties may swap order, so their rows are compared sorted by
+    score. Each output is compared relative to its own scale.
 
     Returns:
-        (dict): `max_abs_diff`, `match` (bool), `onnx_ms` (median onnxruntime latency) and the output `shape`.
+        (dict): `max_abs_diff` (over all outputs), `match` (bool), `onnx_ms` (median onnxruntime latency) and the
+            `shape` of every output.
     """
     import onnxruntime as ort
 
@@ -46,20 +51,24 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
     ref_model = deepcopy(model).float().cpu().eval()
     ref_model = ref_model.fuse() if hasattr(ref_model, "fuse") else ref_model
     with torch.inference_mode():
-        ref = first_tensor(ref_model(x)).numpy()
+        refs = [t.numpy() for t in inference_outputs(ref_model(x))]
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
-    out = session.run(None, feed)[0]
+    outs = session.run(None, feed)
     onnx_ms = float(np.median(time_interleaved([lambda: session.run(None, feed)], rounds=10, warmup=2)[0]))
-    if out.shape != ref.shape:
-        return {"max_abs_diff": float("inf"), "match": False, "onnx_ms": onnx_ms, "shape": tuple(out.shape)}
-    if ref.ndim == 3 and ref.shape[-1] == 6:  # end-to-end detections (B, max_det, 6): order by score
-        ref = ref[:, np.argsort(-ref[0, :, 4], kind="stable")]
-        out = out[:, np.argsort(-out[0, :, 4], kind="stable")]
-    diff = float(np.abs(out - ref).max()) if out.size else 0.0
-    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
-    return {"max_abs_diff": diff, "match": diff <= atol * scale, "onnx_ms": onnx_ms, "shape": tuple(out.shape)}
-
+    shapes = [tuple(o.shape) for o in outs]
+    if len(outs) != len(refs) or any(o.shape != r.shape for o, r in zip(outs, refs)):
+        return {"max_abs_diff": float("inf"), "match": False, "onnx_ms": onnx_ms, "shape": shapes}
+    end2end = any(getattr(m, "end2end", False) for m in model.modules())
+    diff, match = 0.0, True
+    for i, (out, ref) in enumerate(zip(outs, refs)):
+        if i == 0 and end2end and ref.ndim == 3:  # detections (B, max_det, 6 + extra): order by score
+            ref = ref[:, np.argsort(-ref[0, :, 4], kind="stable")]
+            out = out[:, np.argsort(-out[0, :, 4], kind="stable")]
+        d = float(np.abs(out - ref).max()) if out.size else 0.0
+        scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+        diff, match = max(diff, d), match and d <= atol * scale
+    return {"max_abs_diff": diff, "match": match, "onnx_ms": onnx_ms, "shape": shapes}
 
 
 def export_onnx(weights: str | Path, imgsz: int) -> Path:
@@ -94,12 +103,12 @@ def read_csv(file: str | Path) -> list[dict]:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def log_summary(mode: str, first: dict, last: dict) -> str:
-    """One line naming the run's mode: MACs, parameters, mAP50-95 and measured latency before -> after."""
+def log_summary(mode: str, first: dict, last: dict, metric: str = "mAP50-95") -> str:
+    """One line naming the run's mode: MACs, parameters, the task's mAP50-95 and measured latency before -> after."""
     line = (
         f"{colorstr(f'{mode}: ')}MACs {first['macs_G']:.3f}G -> {last['macs_G']:.3f}G, "
         f"params {first['params_M']:.3f}M -> {last['params_M']:.3f}M, "
-        f"mAP50-95 {first['mAP50-95_post']:.4f} -> {last['mAP50-95_post']:.4f}, "
+        f"{metric} {first[f'{metric}_post']:.4f} -> {last[f'{metric}_post']:.4f}, "
         f"CPU latency {first['latency_ms']:.2f}ms -> {last['latency_ms']:.2f}ms"
     )
     LOGGER.info(line)
