@@ -29,7 +29,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "sr_decay": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'sr_decay=0.9'"),
     "rate": (_NUMBER, lambda v: 0 <= v < 1, "a fraction 0 <= rate < 1, e.g. 'rate=0.5'"),
     "round_to": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'round_to=8'"),
-    "attention": ((str,), lambda v: v in ("hold",), "'hold'"),
+    "attention": ((str,), lambda v: v in ("hold", "prune"), "'hold' or 'prune'"),
     "iterative_steps": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'iterative_steps=4'"),
     "importance": ((str,), lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
     "global_pruning": ((bool,), lambda v: True, "True or False"),
@@ -114,6 +114,8 @@ def get_prune_cfg(
     check_prune_values(args)
     if args.get("sensitivity") and args.get("global_pruning"):
         raise UserError("'sensitivity=True' and 'global_pruning=True' both decide the per-layer widths: choose one")
+    if args.get("attention") == "prune" and args.get("mode") == "slim":
+        raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
 
 

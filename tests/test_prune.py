@@ -183,7 +183,7 @@ def test_e2e_files(e2e):
     assert check["match"] is True, check
     assert Path(check["file"]) == run / "weights" / "pruned.onnx"
     assert check["max_abs_diff"] < 1e-2 and check["onnx_ms"] > 0
-    assert check["shape"] == [1, 7, 84]  # 4 box + 3 classes, 8x8 + 4x4 + 2x2 anchors at 64 px
+    assert check["shape"] == [[1, 7, 84]]  # one output: 4 box + 3 classes, 8x8 + 4x4 + 2x2 anchors at 64 px
 
 
 def test_e2e_csv(e2e):
@@ -506,12 +506,13 @@ def test_resume_bad_folder(tmp_path):
 
 
 def scripted_validate(monkeypatch, pruner: DepGraphPruner, results: list[tuple[float, float]]) -> list:
-    """Make `pruner.validate` return `results` in order (the last one repeated); return the list of calls."""
+    """Make `pruner.validate` return `results` (mAP50, mAP50-95) in order (the last repeated); return the calls."""
     calls = []
 
     def validate(model):
         calls.append(model)
-        return results[min(len(calls), len(results)) - 1]
+        map50, map5095 = results[min(len(calls), len(results)) - 1]
+        return {"mAP50": map50, "mAP50-95": map5095}
 
     monkeypatch.setattr(pruner, "validate", validate)
     return calls

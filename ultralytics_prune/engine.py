@@ -23,6 +23,7 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
+from ultralytics_prune.attention import replace_attention
 from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint
@@ -153,7 +154,7 @@ class PruneRun:
 
     def begin(self) -> int:
         """Swap in the block twins and record the unpruned model as row 0; return the first step."""
-        replace_blocks(self.model)
+        self.swap_twins(self.model)
         row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model),
                **self.map_columns(self.validate(self.model))}  # fmt: skip
         self.record(row)
@@ -307,8 +308,13 @@ class PruneRun:
 
     def input_model(self) -> nn.Module:
         """The input checkpoint's model again, with the block twins swapped in (as row 0 measured it)."""
-        model = load_model(self.args.model)
+        return self.swap_twins(load_model(self.args.model))
+
+    def swap_twins(self, model: nn.Module) -> nn.Module:
+        """Swap in the prunable block twins (and, with `attention=prune`, the attention twin); return `model`."""
         replace_blocks(model)
+        if self.args.attention == "prune":
+            replace_attention(model)
         return model
 
     def last_good_model(self, step: int) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ultralytics_prune.attention import PrunableAttention, prune_attention
 from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
@@ -73,6 +74,9 @@ class DepGraphPruner(PruneRun):
             ratios = [self.layer_ratio(name, ratio) for name in pruner.names]
             widths = [kept_width(o, r, self.args.round_to, c) for o, r, c in zip(originals, ratios, pruner.widths())]
         pruner.prune(widths)
+        if self.args.attention == "prune":
+            for attn in (m for m in self.model.modules() if isinstance(m, PrunableAttention)):
+                prune_attention(attn, ratio, self.args.round_to)
         self.model.zero_grad(set_to_none=True)
         removed = 1 - sum(widths) / max(1, sum(originals))
         return {"ratio": ratio, "removed": removed}
