@@ -7,6 +7,9 @@ DDP launcher imports a trainer by its module and name in a fresh process.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
@@ -19,6 +22,7 @@ from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, get_prune_cfg, ultraly
 
 from ultralytics_prune.checkpoint import is_pruned, make_trainable
 from ultralytics_prune.errors import UserError
+from ultralytics_prune.finetune_state import epoch_shuffle, restore_training_state, save_training_state
 from ultralytics_prune.graph import prunable_batchnorms
 from ultralytics_prune.plots import plot_gamma_heatmap
 from ultralytics_prune.sparsity import gamma_histogram, gamma_stats
@@ -44,6 +48,35 @@ class PrunedModelMixin:
         """
         checked = get_prune_cfg(cfg, overrides)
         super().__init__(cfg=checked, overrides=overrides, _callbacks=_callbacks)
+        self.state_file: Path | None = None  # set by the pruning loop: where each epoch's full state is written
+        self.continue_from: Path | None = None  # set by the pruning loop: the state of an interrupted fine-tune
+        self.add_callback("on_train_start", lambda trainer: trainer.continue_interrupted())
+        self.add_callback("on_train_epoch_start", lambda trainer: trainer.shuffle_by_epoch())
+
+    def shuffle_by_epoch(self) -> None:
+        """In the pruning loop's fine-tunes, shuffle each epoch from (seed, epoch) alone, so a continued run matches."""
+        if self.state_file is not None and RANK == -1:
+            epoch_shuffle(self.train_loader, self.args.seed, self.epoch)
+
+    def continue_interrupted(self) -> None:
+        """Before the first epoch: load `continue_from` (see `finetune_state`), so the fine-tune goes on from there."""
+        if self.continue_from is not None and RANK in {-1, 0}:
+            restore_training_state(self, self.continue_from)
+
+    def save_model(self):
+        """Ultralytics' `last.pt` / `best.pt`, each written to a temp file and renamed; then `state_file`."""
+        files = self.last, self.best
+        self.last, self.best = (f.with_name(f".{f.name}.tmp") for f in files)
+        try:
+            saved = super().save_model()
+        finally:
+            temps, (self.last, self.best) = (self.last, self.best), files
+        for tmp, file in zip(temps, files):
+            if tmp.exists():
+                os.replace(tmp, file)
+        if self.state_file is not None and RANK in {-1, 0}:
+            save_training_state(self, self.state_file)
+        return saved
 
     def get_validator(self):
         """The task's Ultralytics validator, given the args without our keys (it checks them against its own)."""

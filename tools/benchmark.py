@@ -5,6 +5,7 @@
 Rows (each given `--epochs` epochs of training in all, on the same data):
   base     the input checkpoint as it is
   prune    `yolo prune` with its defaults, `--steps` steps of epochs/steps fine-tune epochs
+  attention the same with `attention=prune` (attention heads cut too)
   distill  the same with the input checkpoint as teacher (`distill=True`)
   slim     sparsity training from the input (`sr`, half the epochs), `yolo slim` at the rate, fine-tune (the rest)
   scratch  the architecture `prune` ended with, re-initialised and trained from scratch for `--epochs`
@@ -26,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROWS = ("base", "prune", "distill", "slim", "scratch")
+ROWS = ("base", "prune", "attention", "distill", "slim", "scratch")
 COLUMNS = ("row", "macs_G", "params_M", "mAP50", "mAP50-95", "onnx_ms", "speedup", "train_epochs", "wall_s", "error")
 
 
@@ -60,18 +61,21 @@ class Benchmark:
         """The input checkpoint itself (no training)."""
         return Path(self.args.model)
 
-    def prune(self, distill: bool = False) -> Path:
-        """`yolo prune` with its defaults at `rate`, `steps` steps, the epochs spread evenly over them."""
+    def prune(self, name: str = "prune", **keys) -> Path:
+        """`yolo prune` with its defaults at `rate`, `steps` steps, the epochs spread evenly over them (plus `keys`)."""
         from ultralytics_prune.model import run_recipe
 
-        return run_recipe("prune", {**self.common, "model": self.args.model, "rate": self.args.rate, "distill": distill,
+        return run_recipe("prune", {**self.common, "model": self.args.model, "rate": self.args.rate,
                                     "iterative_steps": self.args.steps, "epochs": self.args.epochs // self.args.steps,
-                                    "max_map_drop": 1.0, "project": str(self.out), "name": "distill" if distill
-                                    else "prune"})  # fmt: skip
+                                    "max_map_drop": 1.0, "project": str(self.out), "name": name, **keys})  # fmt: skip
+
+    def attention(self) -> Path:
+        """`prune` with `attention=prune` (the heads of attention blocks cut too)."""
+        return self.prune("attention", attention="prune")
 
     def distill(self) -> Path:
         """`prune` with the input checkpoint as teacher."""
-        return self.prune(distill=True)
+        return self.prune("distill", distill=True)
 
     def slim(self) -> Path:
         """Sparsity training from the input for half the epochs, then `yolo slim` and fine-tuning for the rest."""

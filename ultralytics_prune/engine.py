@@ -28,6 +28,7 @@ from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint
 from ultralytics_prune.errors import ExportMismatch, UserError
+from ultralytics_prune.finetune_state import RESUME_STATE
 from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.latency import measure_latency
 from ultralytics_prune.patches.blocks import replace_blocks
@@ -114,7 +115,9 @@ class PruneRun:
             check_imgsz(self.args.imgsz)
             check_disk(self.project, Path(self.args.model), files=4 * self.n_steps + 2)
             self.save_dir = new_run_dir(self.project / (self.args.name or "exp"), self.args.exist_ok)
-            YAML.save(self.save_dir / "args.yaml", vars(self.args))
+            tmp = self.save_dir / ".args.yaml.tmp"
+            YAML.save(tmp, vars(self.args))
+            tmp.replace(self.save_dir / "args.yaml")  # a killed start never leaves a half-written args.yaml
         self.csv = self.save_dir / f"{self.mode}_results.csv"
 
     @property
@@ -124,7 +127,7 @@ class PruneRun:
 
     @property
     def final_file(self) -> Path:
-        """The result checkpoint; its existence means the run is finished."""
+        """The result checkpoint; the run is finished when it exists and its export was checked (`is_finished`)."""
         return self.save_dir / "weights" / f"{self.result_name}.pt"
 
     @property
@@ -262,6 +265,9 @@ class PruneRun:
             "distill_model": self.args.distill_model or (str(self.args.model) if self.args.distill else None),
         }
         trainer = PRUNED_TRAINERS[self.task.name](overrides=overrides)
+        trainer.state_file = step_dir / "weights" / RESUME_STATE
+        if self.resuming and trainer.state_file.exists():  # killed inside this fine-tune: go on from its last epoch
+            trainer.continue_from = trainer.state_file
         poisoned_best = []  # Ultralytics writes NaN weights as zeros (nan_to_num), so look before it saves
         trainer.add_callback("on_model_save", lambda t: poisoned_best.append(first_non_finite(t.ema.ema))
                              if t.best_fitness == t.fitness else None)  # fmt: skip
@@ -288,6 +294,7 @@ class PruneRun:
                            f"was after the cut")  # fmt: skip
             return False
         model.load_state_dict(tuned.float().state_dict())
+        trainer.state_file.unlink(missing_ok=True)  # the step is done; nothing of it needs continuing
         return True
 
     # files ------------------------------------------------------------------------------------------------------------
@@ -333,21 +340,38 @@ class PruneRun:
             path = path if path.is_dir() else path.parent
             if not (path / "args.yaml").exists():
                 raise UserError(f"'resume={resume}' is not a {self.mode} run folder (no args.yaml in {path})")
-            if (path / "weights" / f"{self.result_name}.pt").exists():
+            if self.is_finished(path):
                 raise UserError(f"'resume={resume}': that {self.mode} run is finished ({self.result_name}.pt exists)")
             return path
         runs = sorted((p.parent for p in self.project.glob("*/args.yaml")), key=lambda p: p.stat().st_mtime)
-        unfinished = [p for p in runs if not (p / "weights" / f"{self.result_name}.pt").exists()]
+        unfinished = [p for p in runs if not self.is_finished(p)]
         if not unfinished:
             raise UserError(f"no unfinished {self.mode} run in {self.project} to resume: pass 'resume=<run folder>'")
         return unfinished[-1]
 
+    def is_finished(self, folder: Path) -> bool:
+        """True when the run in `folder` saved its result and, if it exports, checked its ONNX file."""
+        if not (folder / "weights" / f"{self.result_name}.pt").exists():
+            return False
+        try:
+            onnx = (YAML.load(folder / "args.yaml") or {}).get("onnx", True)
+        except Exception:  # an unreadable args.yaml: nothing to resume from anyway
+            return True
+        return not onnx or (folder / "onnx_check.json").exists()
+
     def restore(self) -> int:
-        """Reload the rows and the last finished step's model; return the next step."""
+        """Reload the rows and the last finished step's model; return the next step.
+
+        A run killed after saving its result but before its export is checked goes straight to `finish`.
+        """
         if not self.csv.exists():  # stopped before the baseline row was written
             self.model = load_model(self.args.model)
             return self.begin()
         self.rows = read_csv(self.csv)
+        if self.final_file.exists():
+            self.model = load_model(self.final_file)
+            LOGGER.info(f"{self.prefix}resuming {self.save_dir}: saved, exporting again")
+            return self.n_steps + 1
         last = int(self.rows[-1]["step"])
         self.model = load_model(self.step_file(last)) if last else self.input_model()
         LOGGER.info(f"{self.prefix}resuming {self.save_dir} after step {last}")
