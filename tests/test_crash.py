@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics_prune.checkpoint import save_checkpoint
 
 from tools.make_dataset import make_synthetic_dataset
+from ultralytics_prune.checkpoint import save_checkpoint
 
 YOLO = [sys.executable, "-c", "from ultralytics_prune.cli import entrypoint; entrypoint()"]
 # one optimizer step per batch (nbs=batch), so every epoch ends on a step; deterministic CPU, no loader workers
