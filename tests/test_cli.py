@@ -348,3 +348,20 @@ def test_export_onnx_through_our_yolo(yolo_script, cli_checkpoint, tmp_path):
     assert list(inp.shape) == [1, 3, 64, 64]
     (pred,) = session.run(None, {inp.name: np.zeros((1, 3, 64, 64), np.float32)})
     assert pred.shape == (1, 4 + 3, 84), "boxes + 3 classes over 8x8 + 4x4 + 2x2 anchors"
+
+
+@pytest.mark.parametrize("content, says", [
+    ("from ultralytics.cfg import entrypoint\nentrypoint()\n", "is Ultralytics' own 'yolo' again"),
+    (None, "there is no 'yolo' command beside 'yolo-prune'"),
+    ("from ultralytics_prune.cli import entrypoint\nentrypoint()\n", None),
+])  # fmt: skip
+def test_yolo_prune_says_when_yolo_is_not_ours(tmp_path, content, says):
+    """`pip install -U ultralytics` rewrites `yolo`; `yolo-prune` (always ours) says so in one line, and what to run."""
+    if content is not None:
+        (tmp_path / "yolo").write_text(f"#!/usr/bin/env python\n{content}")
+    _, out = cli(f"{tmp_path / 'yolo-prune'} help")
+    notices = [line for line in out.splitlines() if line.startswith("WARNING")]
+    if says is None:
+        assert not notices, notices
+    else:
+        assert len(notices) == 1 and says in notices[0] and "yolo-prune" in notices[0], notices

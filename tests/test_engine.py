@@ -316,46 +316,6 @@ def test_diverging_finetune_keeps_the_cut_model(untrained, synthetic_data, tmp_p
 # checked before the run folder exists
 
 
-@pytest.fixture(scope="module")
-def bad_data(synthetic_data, tmp_path_factory) -> dict[str, Path]:
-    """data.yaml files that cannot be used: missing, no val images, another class count."""
-    import yaml
-
-    from tools.make_dataset import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("bad_data")
-    info = yaml.safe_load(synthetic_data.read_text())
-    (root / "empty").mkdir()
-    no_val = root / "no_val.yaml"
-    no_val.write_text(yaml.safe_dump({**info, "val": str(root / "empty")}))
-    two = make_synthetic_dataset(root / "two", n_train=2, n_val=1, imgsz=32, nc=2, seed=0)
-    return {"missing": root / "missing.yaml", "no_val": no_val, "two_classes": two}
-
-
-@pytest.mark.parametrize(
-    "case, fragments",
-    [
-        ("missing", ("missing.yaml", "cannot be used")),
-        ("no_val", ("no val images",)),
-        ("two_classes", ("predicts 3 classes", "has 2")),
-        ("device", ("'device=7'",)),
-        ("imgsz", ("'imgsz=16'", ">= 32")),
-        ("no_data", ("'data' argument is missing",)),
-    ],
-)
-def test_bad_input_fails_before_the_run_folder(untrained, synthetic_data, bad_data, tmp_path, case, fragments, logged):
-    data = {"device": synthetic_data, "imgsz": synthetic_data, "no_data": None}.get(case, bad_data.get(case))
-    extra = {"device": "device=7", "imgsz": "imgsz=16"}.get(case, "imgsz=64")
-    data_arg = f"data={data}" if data else ""
-    project = tmp_path / "proj"
-    with logged(logging.ERROR) as lines:
-        with pytest.raises(SystemExit) as e:
-            entrypoint(f"yolo prune model={untrained} {data_arg} {extra} project={project} name=x")
-    assert e.value.code == 2 and len(lines) == 1 and "\n" not in lines[0], lines
-    assert all(f in lines[0] for f in fragments), lines[0]
-    assert not project.exists(), "no run folder for a run that cannot start"
-
-
 def test_not_enough_disk_space(untrained, synthetic_data, tmp_path, monkeypatch):
     import ultralytics_prune.preflight as preflight
 

@@ -8,6 +8,7 @@ every other command is handed to Ultralytics' entrypoint unchanged.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -124,13 +125,38 @@ def cfg_file_mode(args: list[str]) -> str | None:
     return None
 
 
+def yolo_script_notice(script: str | Path) -> str | None:
+    """One line when the `yolo` command installed beside `script` (`yolo-prune`) is not ours any more.
+
+    Reinstalling or upgrading `ultralytics` rewrites the `yolo` script with its own (`yolo prune` then fails with
+    Ultralytics' "not a valid YOLO argument"); this shows it to whoever runs `yolo-prune`, which always stays ours.
+    """
+    sibling = Path(script).with_name("yolo")
+    found = str(sibling) if Path(script).parent != Path() else shutil.which("yolo")
+    if found is None or not Path(found).is_file():
+        return ("there is no 'yolo' command beside 'yolo-prune': 'yolo-prune' works the same; 'pip install "
+                "--force-reinstall --no-deps ultralytics-prune' installs 'yolo' again")  # fmt: skip
+    try:
+        ours = "ultralytics_prune" in Path(found).read_text(encoding="utf-8", errors="ignore")[:4096]
+    except OSError:
+        return None
+    if ours:
+        return None
+    return (f"'{found}' is Ultralytics' own 'yolo' again (reinstalling or upgrading ultralytics rewrites it), so "
+            f"'yolo prune' fails there: use 'yolo-prune', or run 'pip install --force-reinstall --no-deps "
+            f"ultralytics-prune' to make 'yolo' ours again")  # fmt: skip
+
+
 def entrypoint(debug: str = "") -> None:
     """Entry point of the `yolo` and `yolo-prune` console scripts.
 
     Args:
         debug (str): Space-separated command line including the program name, as in Ultralytics' entrypoint.
     """
-    args = [a for a in (debug.split(" ") if debug else sys.argv)[1:] if a]
+    argv = debug.split(" ") if debug else sys.argv
+    if argv and Path(argv[0]).name == "yolo-prune" and (notice := yolo_script_notice(argv[0])):
+        LOGGER.warning(notice)
+    args = [a for a in argv[1:] if a]
     words = {a.lower() for a in args if "=" not in a}
     if not args or words & HELP_WORDS:
         LOGGER.info(CLI_HELP_MSG + PRUNE_HELP_MSG)
