@@ -30,6 +30,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "rate": (_NUMBER, lambda v: 0 <= v < 1, "a fraction 0 <= rate < 1, e.g. 'rate=0.5'"),
     "round_to": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'round_to=8'"),
     "attention": ((str,), lambda v: v in ("hold", "prune"), "'hold' or 'prune'"),
+    "method": ((str,), lambda v: v in ("structured", "unstructured"), "'structured' or 'unstructured'"),
     "iterative_steps": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'iterative_steps=4'"),
     "importance": ((str,), lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
     "global_pruning": ((bool,), lambda v: True, "True or False"),
@@ -114,6 +115,13 @@ def get_prune_cfg(
     check_prune_values(args)
     if args.get("sensitivity") and args.get("global_pruning"):
         raise UserError("'sensitivity=True' and 'global_pruning=True' both decide the per-layer widths: choose one")
+    if args.get("method") == "unstructured":
+        if args.get("mode") == "slim":
+            raise UserError("'method=unstructured' is a 'yolo prune' method; 'yolo slim' removes channels")
+        asked = [k for k in ("target_macs", "speedup", "sensitivity", "global_pruning") if args.get(k)]
+        if asked:
+            raise UserError(f"'{asked[0]}' does not apply to 'method=unstructured' (it zeroes weights, the MACs stay): "
+                            f"use 'rate'")  # fmt: skip
     if args.get("attention") == "prune" and args.get("mode") == "slim":
         raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})

@@ -20,12 +20,13 @@ from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, get_prune_cfg, ultralytics_args
 
-from ultralytics_prune.checkpoint import is_pruned, make_trainable
+from ultralytics_prune.checkpoint import is_pruned, make_trainable, pruned_info
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.finetune_state import epoch_shuffle, restore_training_state, save_training_state
 from ultralytics_prune.graph import prunable_batchnorms
 from ultralytics_prune.plots import plot_gamma_heatmap
 from ultralytics_prune.sparsity import gamma_histogram, gamma_stats
+from ultralytics_prune.weight_sparsity import hold_zero_weights
 
 PREFIX = colorstr("prune: ")
 SPARSITY_PREFIX = colorstr("sparsity: ")
@@ -62,6 +63,13 @@ class PrunedModelMixin:
         """Before the first epoch: load `continue_from` (see `finetune_state`), so the fine-tune goes on from there."""
         if self.continue_from is not None and RANK in {-1, 0}:
             restore_training_state(self, self.continue_from)
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer; for a model pruned by `method=unstructured` it keeps the zero weights at zero."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if pruned_info(unwrap_model(model)).get("method") == "unstructured":
+            hold_zero_weights(optimizer, unwrap_model(model))
+        return optimizer
 
     def save_model(self):
         """Ultralytics' `last.pt` / `best.pt`, each written to a temp file and renamed; then `state_file`."""

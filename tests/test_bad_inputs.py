@@ -85,6 +85,9 @@ TABLE = [
     (f"prune {OK} sensitivity=True global_pruning=True", "choose one"),
     (f"slim {OK} attention=prune", "'attention=prune' works with 'yolo prune'"),
     (f"prune {OK} hold=99", "'hold=99' names no layer"),
+    (f"prune {OK} method=sparse", "method"),
+    (f"slim {OK} method=unstructured", "'method=unstructured' is a 'yolo prune' method"),
+    (f"prune {OK} method=unstructured speedup=2", "does not apply to 'method=unstructured'"),
     # datasets
     ("prune model=GOOD imgsz=64", "'data' argument is missing"),
     ("prune model=GOOD data=MISSING.yaml imgsz=64", "cannot be used"),

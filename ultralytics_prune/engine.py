@@ -121,6 +121,11 @@ class PruneRun:
         self.csv = self.save_dir / f"{self.mode}_results.csv"
 
     @property
+    def method(self) -> str:
+        """What `mark_pruned` records as the method (the mode, unless a recipe says otherwise)."""
+        return self.mode
+
+    @property
     def project(self) -> Path:
         """The folder that holds this mode's runs: `project=` or `<runs_dir>/<mode>`."""
         return Path(self.args.project) if self.args.project else Path(SETTINGS["runs_dir"]) / self.mode
@@ -300,7 +305,7 @@ class PruneRun:
     # files ------------------------------------------------------------------------------------------------------------
     def save_model(self, file: Path, **extra) -> Path:
         """Save `self.model`, marked as pruned by this run's mode, with the Ultralytics args to train it on."""
-        mark_pruned(self.model, self.mode, rate=self.args.rate, imgsz=self.args.imgsz)
+        mark_pruned(self.model, self.method, rate=self.args.rate, imgsz=self.args.imgsz)
         return save_checkpoint(self.model, file, train_args=vars(ultralytics_args(self.args)), **extra)
 
     def save_step(self, step_dir: Path) -> None:

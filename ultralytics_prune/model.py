@@ -11,6 +11,7 @@ from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.trainer import SPARSITY_TRAINERS
 from ultralytics_prune.pruner import DepGraphPruner
 from ultralytics_prune.slim import NetworkSlimmer
+from ultralytics_prune.unstructured import UnstructuredPruner
 
 RECIPES = {"prune": DepGraphPruner, "slim": NetworkSlimmer}
 
@@ -26,7 +27,8 @@ def run_recipe(mode: str, overrides: dict) -> Path:
         UserError: A key, value, path or checkpoint the user must fix (found before anything is written).
     """
     args = get_prune_cfg(overrides={**recipe_overrides(overrides), "mode": mode})
-    return RECIPES[mode](args)()
+    recipe = UnstructuredPruner if mode == "prune" and args.method == "unstructured" else RECIPES[mode]
+    return recipe(args)()
 
 
 class YOLOPrune(YOLO):
