@@ -37,6 +37,9 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "sensitivity": ((bool,), lambda v: True, "True or False"),
     "target_macs": (_NUMBER, lambda v: v >= 0, "GMACs >= 0, e.g. 'target_macs=2.5'"),
     "speedup": (_NUMBER, lambda v: v == 0 or v >= 1, "0 or a factor >= 1, e.g. 'speedup=2'"),
+    "speedup_by": ((str,), lambda v: v in ("macs", "latency"), "'macs' or 'latency'"),
+    "target_latency": (_NUMBER, lambda v: v >= 0, "milliseconds >= 0, e.g. 'target_latency=20'"),
+    "latency_backend": ((str,), lambda v: v in ("onnxruntime", "torch", "cuda"), "'onnxruntime', 'torch' or 'cuda'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
@@ -115,16 +118,29 @@ def get_prune_cfg(
     check_prune_values(args)
     if args.get("sensitivity") and args.get("global_pruning"):
         raise UserError("'sensitivity=True' and 'global_pruning=True' both decide the per-layer widths: choose one")
+    goals = [k for k in ("target_latency", "target_macs", "speedup") if args.get(k)]
+    if len(goals) > 1:
+        raise UserError(f"'{goals[0]}' and '{goals[1]}' both set where pruning stops: choose one")
+    if args.get("latency_backend") == "cuda" and not cuda_available():
+        raise UserError("'latency_backend=cuda' needs a CUDA device and there is none: use 'onnxruntime' or 'torch'")
     if args.get("method") == "unstructured":
         if args.get("mode") == "slim":
             raise UserError("'method=unstructured' is a 'yolo prune' method; 'yolo slim' removes channels")
-        asked = [k for k in ("target_macs", "speedup", "sensitivity", "global_pruning") if args.get(k)]
+        structured = ("target_macs", "target_latency", "speedup", "sensitivity", "global_pruning")
+        asked = [k for k in structured if args.get(k)]
         if asked:
             raise UserError(f"'{asked[0]}' does not apply to 'method=unstructured' (it zeroes weights, the MACs stay): "
                             f"use 'rate'")  # fmt: skip
     if args.get("attention") == "prune" and args.get("mode") == "slim":
         raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imported here only when asked)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def ultralytics_args(args: SimpleNamespace | dict) -> IterableSimpleNamespace:

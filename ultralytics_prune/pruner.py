@@ -7,6 +7,7 @@ What is important (a torch-pruning importance criterion) is kept apart from how 
 from __future__ import annotations
 
 import torch.nn as nn
+from ultralytics.utils import LOGGER
 
 from ultralytics_prune.attention import PrunableAttention, prune_attention
 from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, training_images
@@ -14,6 +15,7 @@ from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.latency_target import backend_latency
 from ultralytics_prune.report import count_macs_params
 from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
@@ -43,12 +45,52 @@ class DepGraphPruner(PruneRun):
         return self.args.iterative_steps
 
     def remove(self, step: int) -> dict:
-        """Remove channels up to this step's cumulative ratio, or down to this step's MACs goal."""
-        goal = self.macs_goal()
-        if goal is None:
-            return self.prune_to(step_ratios(self.args.rate, self.n_steps)[step])
-        base = self.rows[0]["macs_G"] * 1e9
-        return self.prune_to_macs(base * (goal / base) ** (step / self.n_steps))
+        """Remove channels up to this step's cumulative ratio, or down to this step's latency or MACs goal.
+
+        Goals are spaced geometrically: step s of n aims at base * (goal / base) ** (s / n).
+        """
+        fraction = step / self.n_steps
+        if (goal := self.latency_goal()) is not None:
+            base = self.rows[0][self.latency_column]
+            return self.prune_to_latency(base * (goal / base) ** fraction)
+        if (goal := self.macs_goal()) is not None:
+            base = self.rows[0]["macs_G"] * 1e9
+            return self.prune_to_macs(base * (goal / base) ** fraction)
+        return self.prune_to(step_ratios(self.args.rate, self.n_steps)[step])
+
+    # latency goals -------------------------------------------------------------------------------------------------
+    @property
+    def latency_column(self) -> str | None:
+        """The CSV column of the backend latency, when a latency goal is set (e.g. `onnxruntime_ms`)."""
+        wanted = self.args.target_latency or (self.args.speedup and self.args.speedup_by == "latency")
+        return f"{self.args.latency_backend}_ms" if wanted else None
+
+    def measure(self, model: nn.Module) -> dict:
+        """The usual columns, plus the latency on `latency_backend` when a latency goal is set."""
+        row = super().measure(model)
+        if self.latency_column:
+            workdir = self.save_dir / "latency_probe"
+            row[self.latency_column] = backend_latency(model, self.args.imgsz, self.args.latency_backend, workdir)
+        return row
+
+    def latency_goal(self) -> float | None:
+        """Final latency goal (ms) from `target_latency`, or from `speedup` with `speedup_by=latency`; else None."""
+        if not self.latency_column:
+            return None
+        base = self.rows[0][self.latency_column]
+        return self.args.target_latency or base / self.args.speedup
+
+    def prune_to_latency(self, target_ms: float) -> dict:
+        """Raise the cumulative ratio in small increments until the measured backend latency is at most `target_ms`."""
+        done = {"ratio": float(self.rows[-1]["ratio"]), "removed": float(self.rows[-1].get("removed", 0.0))}
+        workdir = self.save_dir / "latency_probe"
+        while (ms := backend_latency(self.model, self.args.imgsz, self.args.latency_backend, workdir)) > target_ms:
+            if done["ratio"] >= 0.95:
+                LOGGER.warning(f"{self.prefix}{target_ms:.2f} ms on {self.args.latency_backend} not reached: "
+                               f"{ms:.2f} ms with 95% of the channels removed")  # fmt: skip
+                break
+            done = self.prune_to(min(0.95, done["ratio"] + 0.025))
+        return done
 
     @property
     def original_widths(self) -> dict[str, int]:

@@ -1,0 +1,75 @@
+"""Latency as the goal: `target_latency=` and `speedup=... speedup_by=latency`, measured on `latency_backend`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
+
+from ultralytics_prune import pruner as pruner_module
+from ultralytics_prune.checkpoint import save_checkpoint
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.latency_target import backend_latency
+from ultralytics_prune.pruner import DepGraphPruner
+from ultralytics_prune.report import count_macs_params, read_csv
+
+FAST = dict(imgsz=64, batch=16, workers=0, plots=False, device="cpu", max_map_drop=1.0, finetune_epochs=0, onnx=False)
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False),
+                           tmp_path_factory.mktemp("latency") / "v8n.pt")  # fmt: skip
+
+
+def prune(ckpt: Path, data: Path, project: Path, **keys) -> list[dict]:
+    args = get_prune_cfg(overrides={**recipe_overrides({**FAST, **keys}), "model": str(ckpt), "data": str(data),
+                                    "project": str(project), "mode": "prune"})  # fmt: skip
+    final = DepGraphPruner(args)()
+    return read_csv(final.parent.parent / "prune_results.csv")
+
+
+def test_steps_are_spaced_in_latency_and_stop_at_the_goal(untrained, synthetic_data, tmp_path, monkeypatch):
+    """With a latency that follows MACs (a stand-in backend), speedup=2 by latency ends at half, in two steps."""
+    calls = []
+
+    def fake_latency(model, imgsz, backend, workdir, runs=30):
+        calls.append(backend)
+        return count_macs_params(model, imgsz)[0] / 1e6
+
+    monkeypatch.setattr(pruner_module, "backend_latency", fake_latency)
+    rows = prune(untrained, synthetic_data, tmp_path, speedup=2, speedup_by="latency", iterative_steps=2,
+                 latency_backend="torch")  # fmt: skip
+    base = rows[0]["torch_ms"]
+    assert set(calls) == {"torch"}
+    assert rows[1]["torch_ms"] <= base / 2**0.5 and rows[2]["torch_ms"] <= base / 2
+    assert rows[1]["torch_ms"] > base / 2, "step 1 aims at the geometric middle, not at the end"
+    assert rows[2]["ratio"] < 0.95 and rows[2]["ratio"] > rows[1]["ratio"] > 0
+
+
+def test_target_latency_measured_on_onnxruntime(untrained, synthetic_data, tmp_path):
+    """A real measurement: the CSV has the onnxruntime latency per step, the probe export is cleaned away."""
+    rows = prune(untrained, synthetic_data, tmp_path, target_latency=1000.0, iterative_steps=1)
+    assert rows[0]["onnxruntime_ms"] > 0 and rows[1]["ratio"] == 0, "a goal already met removes nothing"
+    assert not list(tmp_path.rglob("probe*"))
+
+
+def test_backend_latency_runs_on_each_cpu_backend(tmp_path):
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    for backend in ("torch", "onnxruntime"):
+        assert backend_latency(model, 64, backend, tmp_path / backend, runs=3) > 0
+
+
+@pytest.mark.parametrize("keys, says", [
+    ({"target_latency": 10, "speedup": 2}, "both set where pruning stops"),
+    ({"target_latency": -1}, "target_latency"),
+    ({"speedup_by": "flops"}, "speedup_by"),
+    ({"latency_backend": "tensorrt"}, "latency_backend"),
+])  # fmt: skip
+def test_latency_keys_checked(keys, says):
+    with pytest.raises(UserError, match=says):
+        get_prune_cfg(overrides={**keys, "mode": "prune"})
