@@ -12,7 +12,7 @@ from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune import pruner as pruner_module
 from ultralytics_prune.checkpoint import save_checkpoint
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.latency_target import backend_latency
+from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.pruner import DepGraphPruner
 from ultralytics_prune.report import count_macs_params, read_csv
 
@@ -37,11 +37,15 @@ def test_steps_are_spaced_in_latency_and_stop_at_the_goal(untrained, synthetic_d
     """With a latency that follows MACs (a stand-in backend), speedup=2 by latency ends at half, in two steps."""
     calls = []
 
-    def fake_latency(model, imgsz, backend, workdir, runs=30):
-        calls.append(backend)
-        return count_macs_params(model, imgsz)[0] / 1e6
+    class MacsProbe:  # "latency" = MACs: deterministic, so the loop's arithmetic can be checked exactly
+        def __init__(self, reference, imgsz, backend, workdir, runs=30):
+            self.imgsz, self.reference = imgsz, count_macs_params(reference, imgsz)[0] / 1e6
+            calls.append(backend)
 
-    monkeypatch.setattr(pruner_module, "backend_latency", fake_latency)
+        def measure(self, model):
+            return count_macs_params(model, self.imgsz)[0] / 1e6, self.reference
+
+    monkeypatch.setattr(pruner_module, "LatencyProbe", MacsProbe)
     rows = prune(untrained, synthetic_data, tmp_path, speedup=2, speedup_by="latency", iterative_steps=2,
                  latency_backend="torch")  # fmt: skip
     base = rows[0]["torch_ms"]
@@ -49,19 +53,23 @@ def test_steps_are_spaced_in_latency_and_stop_at_the_goal(untrained, synthetic_d
     assert rows[1]["torch_ms"] <= base / 2**0.5 and rows[2]["torch_ms"] <= base / 2
     assert rows[1]["torch_ms"] > base / 2, "step 1 aims at the geometric middle, not at the end"
     assert rows[2]["ratio"] < 0.95 and rows[2]["ratio"] > rows[1]["ratio"] > 0
+    assert rows[2]["torch_speedup"] == pytest.approx(base / rows[2]["torch_ms"], rel=1e-4)  # CSV keeps 6 digits
 
 
 def test_target_latency_measured_on_onnxruntime(untrained, synthetic_data, tmp_path):
     """A real measurement: the CSV has the onnxruntime latency per step, the probe export is cleaned away."""
     rows = prune(untrained, synthetic_data, tmp_path, target_latency=1000.0, iterative_steps=1)
     assert rows[0]["onnxruntime_ms"] > 0 and rows[1]["ratio"] == 0, "a goal already met removes nothing"
+    assert 0.5 < rows[0]["onnxruntime_speedup"] < 2, "the unpruned model against itself"
     assert not list(tmp_path.rglob("probe*"))
 
 
-def test_backend_latency_runs_on_each_cpu_backend(tmp_path):
+def test_probe_times_each_cpu_backend_against_the_reference(tmp_path):
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
     for backend in ("torch", "onnxruntime"):
-        assert backend_latency(model, 64, backend, tmp_path / backend, runs=3) > 0
+        model_ms, reference_ms = LatencyProbe(model, 64, backend, tmp_path / backend, runs=3).measure(model)
+        assert model_ms > 0 and reference_ms > 0
+        assert not list((tmp_path / backend).glob("probe*")), "the probe export is removed after timing"
 
 
 @pytest.mark.parametrize("keys, says", [

@@ -31,17 +31,41 @@ def quiet_exports():
         LOGGER.setLevel(level)
 
 
-def backend_latency(model: nn.Module, imgsz: int, backend: str, workdir: Path, runs: int = 30) -> float:
-    """Median latency (ms, one `imgsz` image) of `model` on `backend`; `workdir` holds the probe export briefly."""
+def backend_runner(model: nn.Module, imgsz: int, backend: str, file: Path):
+    """A call that runs `model` once on `backend` (for onnxruntime, exported to `file`'s folder first)."""
     if backend in ("torch", "cuda"):
-        runner = torch_runner(model, imgsz, "cuda" if backend == "cuda" else "cpu")
-    else:
-        workdir.mkdir(parents=True, exist_ok=True)
-        with quiet_exports():
-            onnx_file = export_onnx(save_checkpoint(model, workdir / "probe.pt"), imgsz)
-        runner = onnx_runner(onnx_file, imgsz)
-    try:
-        return float(np.median(time_interleaved([runner], rounds=runs, warmup=3)[0]))
-    finally:
-        for f in workdir.glob("probe*"):
-            f.unlink()
+        return torch_runner(model, imgsz, "cuda" if backend == "cuda" else "cpu")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with quiet_exports():
+        onnx_file = export_onnx(save_checkpoint(model, file), imgsz)
+    return onnx_runner(onnx_file, imgsz)
+
+
+class LatencyProbe:
+    """Times models on a backend against a reference (the unpruned model), in interleaved rounds.
+
+    Each round runs the reference and the model once, so a slow spell of the machine hits both alike: the ratio of
+    their medians holds on a busy machine, where two separate measurements would not.
+
+    Args:
+        reference (nn.Module): The model latencies are compared with.
+        imgsz (int): Image side.
+        backend (str): `onnxruntime`, `torch` or `cuda`.
+        workdir (Path): Where exports go while measuring (emptied after each measurement).
+        runs (int): Timed rounds per measurement.
+    """
+
+    def __init__(self, reference: nn.Module, imgsz: int, backend: str, workdir: Path, runs: int = 30):
+        """Prepare the reference's runner (exported once)."""
+        self.imgsz, self.backend, self.workdir, self.runs = imgsz, backend, workdir, runs
+        self.reference = backend_runner(reference, imgsz, backend, workdir / "reference.pt")
+
+    def measure(self, model: nn.Module) -> tuple[float, float]:
+        """Median latency (ms) of `model` and of the reference, from the same interleaved rounds."""
+        try:
+            runner = backend_runner(model, self.imgsz, self.backend, self.workdir / "probe.pt")
+            model_ms, reference_ms = time_interleaved([runner, self.reference], rounds=self.runs, warmup=3)
+        finally:
+            for f in self.workdir.glob("probe*"):
+                f.unlink()
+        return float(np.median(model_ms)), float(np.median(reference_ms))

@@ -15,7 +15,7 @@ from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.latency_target import backend_latency
+from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.report import count_macs_params
 from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
@@ -51,8 +51,7 @@ class DepGraphPruner(PruneRun):
         """
         fraction = step / self.n_steps
         if (goal := self.latency_goal()) is not None:
-            base = self.rows[0][self.latency_column]
-            return self.prune_to_latency(base * (goal / base) ** fraction)
+            return self.prune_to_latency(goal**fraction)
         if (goal := self.macs_goal()) is not None:
             base = self.rows[0]["macs_G"] * 1e9
             return self.prune_to_macs(base * (goal / base) ** fraction)
@@ -65,32 +64,50 @@ class DepGraphPruner(PruneRun):
         wanted = self.args.target_latency or (self.args.speedup and self.args.speedup_by == "latency")
         return f"{self.args.latency_backend}_ms" if wanted else None
 
+    @property
+    def latency_probe(self) -> LatencyProbe:
+        """Times models against the unpruned one on `latency_backend` (made once, from the input model)."""
+        if not hasattr(self, "_latency_probe"):
+            reference = self.model if not self.rows else self.input_model()
+            self._latency_probe = LatencyProbe(reference, self.args.imgsz, self.args.latency_backend,
+                                               self.save_dir / "latency_probe")  # fmt: skip
+        return self._latency_probe
+
     def measure(self, model: nn.Module) -> dict:
-        """The usual columns, plus the latency on `latency_backend` when a latency goal is set."""
+        """The usual columns, plus, with a latency goal, the backend latency and the speed-up over the unpruned
+        model measured in the same interleaved rounds (`<backend>_speedup`)."""
         row = super().measure(model)
         if self.latency_column:
-            workdir = self.save_dir / "latency_probe"
-            row[self.latency_column] = backend_latency(model, self.args.imgsz, self.args.latency_backend, workdir)
+            model_ms, reference_ms = self.latency_probe.measure(model)
+            row[self.latency_column] = model_ms
+            row[f"{self.args.latency_backend}_speedup"] = reference_ms / model_ms
         return row
 
     def latency_goal(self) -> float | None:
-        """Final latency goal (ms) from `target_latency`, or from `speedup` with `speedup_by=latency`; else None."""
+        """Final goal as a share of the unpruned model's latency, from `target_latency` (ms, against the latency
+        measured for row 0) or from `speedup` with `speedup_by=latency`; None without a latency goal."""
         if not self.latency_column:
             return None
-        base = self.rows[0][self.latency_column]
-        return self.args.target_latency or base / self.args.speedup
+        if self.args.target_latency:
+            return self.args.target_latency / self.rows[0][self.latency_column]
+        return 1 / self.args.speedup
 
-    def prune_to_latency(self, target_ms: float) -> dict:
-        """Raise the cumulative ratio in small increments until the measured backend latency is at most `target_ms`."""
+    def prune_to_latency(self, share: float) -> dict:
+        """Raise the cumulative ratio in small increments until the model runs in at most `share` of the unpruned
+        model's time on the backend (timed interleaved with it)."""
         done = {"ratio": float(self.rows[-1]["ratio"]), "removed": float(self.rows[-1].get("removed", 0.0))}
-        workdir = self.save_dir / "latency_probe"
-        while (ms := backend_latency(self.model, self.args.imgsz, self.args.latency_backend, workdir)) > target_ms:
+        while (now := self.latency_share()) > share:
             if done["ratio"] >= 0.95:
-                LOGGER.warning(f"{self.prefix}{target_ms:.2f} ms on {self.args.latency_backend} not reached: "
-                               f"{ms:.2f} ms with 95% of the channels removed")  # fmt: skip
+                LOGGER.warning(f"{self.prefix}{share:.3f}x the unpruned latency on {self.args.latency_backend} not "
+                               f"reached: {now:.3f}x with 95% of the channels removed")  # fmt: skip
                 break
             done = self.prune_to(min(0.95, done["ratio"] + 0.025))
         return done
+
+    def latency_share(self) -> float:
+        """The model's latency as a share of the unpruned model's, measured now in interleaved rounds."""
+        model_ms, reference_ms = self.latency_probe.measure(self.model)
+        return model_ms / reference_ms
 
     @property
     def original_widths(self) -> dict[str, int]:
