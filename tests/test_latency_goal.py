@@ -81,3 +81,13 @@ def test_probe_times_each_cpu_backend_against_the_reference(tmp_path):
 def test_latency_keys_checked(keys, says):
     with pytest.raises(UserError, match=says):
         get_prune_cfg(overrides={**keys, "mode": "prune"})
+
+
+def test_time_interleaved_takes_turns_in_blocks():
+    """Every runner is timed `rounds` times; turns alternate in blocks, each opened by one untimed call."""
+    from ultralytics_prune.latency import time_interleaved
+
+    calls = []
+    times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], rounds=7, warmup=2, block=3)
+    assert [len(t) for t in times] == [7, 7]
+    assert "".join(calls) == "aabb" + "aaaa" + "bbbb" + "aaaa" + "bbbb" + "aa" + "bb"
