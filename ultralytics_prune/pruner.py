@@ -32,8 +32,8 @@ class DepGraphPruner(PruneRun):
     Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate`, or, with
     `target_macs` / `speedup`, so that MACs fall geometrically to that goal; the loop around it validates, fine-tunes
     for `epochs` and stops when the task's mAP50-95 falls more than `max_map_drop` below the start. With
-    `sensitivity=True` a
-    scan before the first step gives each layer its own share of `rate` (see `sensitivity`).
+    `target_latency` / `speedup_by=latency` the goal is the latency measured on `latency_backend`. With
+    `sensitivity=True` a scan before the first step gives each layer its own share of `rate` (see `sensitivity`).
     """
 
     mode = "prune"

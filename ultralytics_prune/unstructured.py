@@ -13,23 +13,17 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER
 
 from ultralytics_prune.checkpoint import mark_pruned
-from ultralytics_prune.engine import PruneRun
-from ultralytics_prune.pruner import step_ratios
+from ultralytics_prune.pruner import DepGraphPruner, step_ratios
 from ultralytics_prune.weight_sparsity import prune_smallest_weights, zero_share
 
 
-class UnstructuredPruner(PruneRun):
+class UnstructuredPruner(DepGraphPruner):
     """`yolo prune method=unstructured`: weight sparsity up to `rate` in `iterative_steps`, fine-tuned with the zeros
-    held, saved dense. The CSV gains `sparsity` (share of convolution weights at zero) and `dense_speedup`."""
+    held, saved dense. The CSV gains `sparsity` (share of convolution weights at zero) and `dense_speedup`.
 
-    mode = "prune"
-    result_name = "pruned"
+    Only `remove` (what a step removes), `measure` and `finish` differ from the structured recipe."""
+
     method = "unstructured"
-
-    @property
-    def n_steps(self) -> int:
-        """`iterative_steps`."""
-        return self.args.iterative_steps
 
     def remove(self, step: int) -> dict:
         """Zero the smallest weights up to this step's cumulative share."""
