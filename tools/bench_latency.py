@@ -4,8 +4,9 @@
 
 Backends: PyTorch CPU, onnxruntime CPU at 1 thread and at its default (the machine's cores), and, when a CUDA device
 is present, PyTorch CUDA and onnxruntime CUDA (TensorRT is not measured yet). Per backend the models run one image
-at a time, taking turns in short blocks (see `latency.time_interleaved`); the table gives median / min / max milliseconds, the speed-up over the first
-checkpoint, its MACs factor, and the realization (speed-up / MACs factor: 1.0 means every MAC removed is time saved).
+at a time, taking turns in short blocks (see `latency.time_interleaved`); the table gives median / min / max
+milliseconds, the speed-up over the first checkpoint, its MACs factor, and the realization (speed-up / MACs factor:
+1.0 means every MAC removed is time saved).
 Writes latency.csv, latency.json and latency.png in `--out`.
 """
 
