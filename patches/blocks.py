@@ -21,7 +21,6 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules.block import C2PSA, Bottleneck, C2f, C3k, C3k2, PSABlock
 from ultralytics.nn.modules.conv import Conv
@@ -84,28 +83,6 @@ def _split_conv(conv: Conv, sizes: Sequence[int]) -> list[Conv]:
             raise ValueError(f"cannot split {type(conv).__name__}: a submodule holds tensors that cannot be sliced")
         parts.append(part)
     return parts
-
-
-def first_convs(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`block.cv0(x), block.cv1(x)`: in a fused model run as one convolution and a split, else as two.
-
-    Once Ultralytics' `fuse()` folded the BatchNorms (as it does before every export and prediction), the two 1x1
-    convolutions of a twin read the same input with the same activation: one convolution with both weight sets
-    concatenated computes the same channels, and exports as one Conv and a Split (the concatenation of constant
-    weights is folded at export), one kernel instead of two on any backend.
-    """
-    cv0, cv1 = block.cv0, block.cv1
-    fused = not hasattr(cv0, "bn") and not hasattr(cv1, "bn") and type(cv0.act) is type(cv1.act)
-    same = fused and all(
-        getattr(cv0.conv, a) == getattr(cv1.conv, a) for a in ("kernel_size", "stride", "padding", "dilation", "groups")
-    )
-    if not same or cv0.conv.bias is None or cv1.conv.bias is None:
-        return cv0(x), cv1(x)
-    weight = torch.cat((cv0.conv.weight, cv1.conv.weight))
-    bias = torch.cat((cv0.conv.bias, cv1.conv.bias))
-    y = cv0.act(F.conv2d(x, weight, bias, cv0.conv.stride, cv0.conv.padding, cv0.conv.dilation, cv0.conv.groups))
-    a, b = y.split((cv0.conv.out_channels, cv1.conv.out_channels), 1)
-    return a, b
 
 
 def _empty(cls: type[nn.Module]) -> nn.Module:
@@ -199,7 +176,7 @@ class C2f_v2(nn.Module):
         Returns:
             (torch.Tensor): Output of shape (B, c2, H, W).
         """
-        y = list(first_convs(self, x))
+        y = [self.cv0(x), self.cv1(x)]
         y.extend(m(y[-1]) for m in self.m)
         return self.cv2(torch.cat(y, 1))
 
@@ -299,8 +276,7 @@ class C2PSA_v2(nn.Module):
         Returns:
             (torch.Tensor): Output of shape (B, c1, H, W).
         """
-        a, b = first_convs(self, x)
-        return self.cv2(torch.cat((a, self.m(b)), 1))
+        return self.cv2(torch.cat((self.cv0(x), self.m(self.cv1(x))), 1))
 
     @classmethod
     def from_block(cls, block: nn.Module) -> C2PSA_v2:
