@@ -2,12 +2,14 @@
 
 `onnxruntime` (the default) exports the model the way a user would (Ultralytics' exporter, a fixed-shape ONNX file)
 and times it in onnxruntime on the CPU with its default threads; `torch` times the fused model in PyTorch on the CPU;
-`cuda` in PyTorch on the first GPU. Every measurement is a median over interleaved runs of one image.
+`cuda` in PyTorch on the first GPU. Every measurement is a median over runs of one image, taken in turns with the
+unpruned model.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,41 +33,35 @@ def quiet_exports():
         LOGGER.setLevel(level)
 
 
-def backend_runner(model: nn.Module, imgsz: int, backend: str, file: Path):
-    """A call that runs `model` once on `backend` (for onnxruntime, exported to `file`'s folder first)."""
+def backend_runner(model: nn.Module, imgsz: int, backend: str):
+    """A call that runs `model` once on `backend`; for onnxruntime the model is exported to a temporary folder, loaded
+    into a session, and the files removed (the session holds the graph)."""
     if backend in ("torch", "cuda"):
         return torch_runner(model, imgsz, "cuda" if backend == "cuda" else "cpu")
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with quiet_exports():
-        onnx_file = export_onnx(save_checkpoint(model, file), imgsz)
-    return onnx_runner(onnx_file, imgsz)
+    with tempfile.TemporaryDirectory(prefix="ultralytics-prune-latency-") as tmp, quiet_exports():
+        return onnx_runner(export_onnx(save_checkpoint(model, Path(tmp) / "probe.pt"), imgsz), imgsz)
 
 
 class LatencyProbe:
-    """Times models on a backend against a reference (the unpruned model), in interleaved rounds.
+    """Times models on a backend against a reference (the unpruned model), taking turns in short blocks.
 
-    Each round runs the reference and the model once, so a slow spell of the machine hits both alike: the ratio of
-    their medians holds on a busy machine, where two separate measurements would not.
+    A slow spell of the machine hits both alike, so the ratio of their medians holds on a busy machine, where two
+    separate measurements would not (see `latency.time_interleaved`).
 
     Args:
         reference (nn.Module): The model latencies are compared with.
         imgsz (int): Image side.
         backend (str): `onnxruntime`, `torch` or `cuda`.
-        workdir (Path): Where exports go while measuring (emptied after each measurement).
-        runs (int): Timed rounds per measurement.
+        runs (int): Timed calls of each model per measurement.
     """
 
-    def __init__(self, reference: nn.Module, imgsz: int, backend: str, workdir: Path, runs: int = 30):
+    def __init__(self, reference: nn.Module, imgsz: int, backend: str, runs: int = 30):
         """Prepare the reference's runner (exported once)."""
-        self.imgsz, self.backend, self.workdir, self.runs = imgsz, backend, workdir, runs
-        self.reference = backend_runner(reference, imgsz, backend, workdir / "reference.pt")
+        self.imgsz, self.backend, self.runs = imgsz, backend, runs
+        self.reference = backend_runner(reference, imgsz, backend)
 
     def measure(self, model: nn.Module) -> tuple[float, float]:
-        """Median latency (ms) of `model` and of the reference, from the same interleaved rounds."""
-        try:
-            runner = backend_runner(model, self.imgsz, self.backend, self.workdir / "probe.pt")
-            model_ms, reference_ms = time_interleaved([runner, self.reference], rounds=self.runs, warmup=3)
-        finally:
-            for f in self.workdir.glob("probe*"):
-                f.unlink()
+        """Median latency (ms) of `model` and of the reference, from the same interleaved blocks."""
+        runner = backend_runner(model, self.imgsz, self.backend)
+        model_ms, reference_ms = time_interleaved([runner, self.reference], rounds=self.runs, warmup=3)
         return float(np.median(model_ms)), float(np.median(reference_ms))

@@ -71,16 +71,18 @@ class DepGraphPruner(PruneRun):
         """Times models against the unpruned one on `latency_backend` (made once, from the input model)."""
         if not hasattr(self, "_latency_probe"):
             reference = self.model if not self.rows else self.input_model()
-            self._latency_probe = LatencyProbe(reference, self.args.imgsz, self.args.latency_backend,
-                                               self.save_dir / "latency_probe")  # fmt: skip
+            self._latency_probe = LatencyProbe(reference, self.args.imgsz, self.args.latency_backend)
         return self._latency_probe
 
     def measure(self, model: nn.Module) -> dict:
         """The usual columns, plus, with a latency goal, the backend latency and the speed-up over the unpruned
-        model measured in the same interleaved rounds (`<backend>_speedup`)."""
+        model measured in the same interleaved rounds (`<backend>_speedup`).
+
+        The step's cut was timed last by `prune_to_latency`; fine-tuning changes no shape, so that timing is used.
+        """
         row = super().measure(model)
         if self.latency_column:
-            model_ms, reference_ms = self.latency_probe.measure(model)
+            model_ms, reference_ms = self.__dict__.pop("_cut_latency", None) or self.latency_probe.measure(model)
             row[self.latency_column] = model_ms
             row[f"{self.args.latency_backend}_speedup"] = reference_ms / model_ms
         return row
@@ -103,18 +105,19 @@ class DepGraphPruner(PruneRun):
         share of the MACs; each timed increment after that costs an export and a measurement.
         """
         done = self.prune_to_macs(min(1.0, share * LATENCY_HEADROOM) * self.rows[0]["macs_G"] * 1e9)
-        while (now := self.latency_share()) > share:
+        while True:
+            model_ms, reference_ms = self._cut_latency = self.latency_probe.measure(self.model)
+            now = model_ms / reference_ms
+            LOGGER.info(f"{self.prefix}{self.args.latency_backend} {model_ms:.2f} ms, {now:.3f}x the unpruned model's, "
+                        f"with {done['ratio']:.1%} of the channels removed (goal {share:.3f}x)")  # fmt: skip
+            if now <= share:
+                break
             if done["ratio"] >= 0.95:
                 LOGGER.warning(f"{self.prefix}{share:.3f}x the unpruned latency on {self.args.latency_backend} not "
                                f"reached: {now:.3f}x with 95% of the channels removed")  # fmt: skip
                 break
             done = self.prune_to(min(0.95, done["ratio"] + 0.025))
         return done
-
-    def latency_share(self) -> float:
-        """The model's latency as a share of the unpruned model's, measured now in interleaved rounds."""
-        model_ms, reference_ms = self.latency_probe.measure(self.model)
-        return model_ms / reference_ms
 
     @property
     def original_widths(self) -> dict[str, int]:

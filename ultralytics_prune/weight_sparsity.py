@@ -32,18 +32,10 @@ def prune_smallest_weights(model: nn.Module, ratio: float) -> float:
     """
     weights = conv_weights(model)
     magnitudes = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])
-    k = int(ratio * magnitudes.numel())
-    if k > 0:
-        threshold = torch.kthvalue(magnitudes, k).values
-        kept = (magnitudes > threshold).sum()
-        ties = k - (magnitudes.numel() - kept)  # weights equal to the threshold: zero just enough of them
-        for w in weights:
-            small = w.abs() < threshold
-            if ties > 0:
-                at = (w.abs() == threshold).flatten().nonzero().flatten()[: int(ties)]
-                small.view(-1)[at] = True
-                ties -= len(at)
-            w[small] = 0
+    smallest = torch.zeros(magnitudes.numel(), dtype=torch.bool)
+    smallest[torch.argsort(magnitudes, stable=True)[: int(ratio * magnitudes.numel())]] = True
+    for w, zero in zip(weights, smallest.split([w.numel() for w in weights])):
+        w[zero.view_as(w).to(w.device)] = 0
     return zero_share(model)
 
 
