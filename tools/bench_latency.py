@@ -6,7 +6,9 @@ Backends: PyTorch CPU, onnxruntime CPU at 1 thread and at its default (the machi
 is present, PyTorch CUDA and onnxruntime CUDA (TensorRT is not measured yet). Per backend the models run one image
 at a time, taking turns in short blocks (see `latency.time_interleaved`); the table gives median / min / max
 milliseconds, the speed-up over the first checkpoint, its MACs factor, and the realization (speed-up / MACs factor:
-1.0 means every MAC removed is time saved).
+1.0 means every MAC removed is time saved). `--dfl last-axis` gives every model the box decoder that pruned models are
+saved with (`patches.dfl`) before it is exported and timed, so that an unpruned model is compared on the same head; by
+default each checkpoint runs as it was saved (what `yolo export` of it gives).
 Writes latency.csv, latency.json and latency.png in `--out`.
 """
 
@@ -31,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--imgsz", type=int, default=640, help="image size")
     p.add_argument("--rounds", type=int, default=50, help="timed interleaved rounds per backend")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    p.add_argument("--dfl", choices=("saved", "last-axis"), default="saved",
+                   help="box decoder: each checkpoint's own, or the last-axis twin for every model")
     p.add_argument("--out", default="runs/latency", help="output folder")
     return p.parse_args(argv)
 
@@ -58,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     """Measure, print the table and write the files; exit status 0."""
     import numpy as np
     from ultralytics.utils import TQDM
+    from ultralytics_prune.patches.dfl import replace_dfl
 
-    from ultralytics_prune.checkpoint import load_model
+    from ultralytics_prune.checkpoint import load_model, save_checkpoint
     from ultralytics_prune.latency import time_interleaved
     from ultralytics_prune.plots import plot_latency
     from ultralytics_prune.report import count_macs_params, export_onnx, write_csv
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         copy = out / "onnx" / f"{i}_{Path(ckpt).name}"
         copy.write_bytes(Path(ckpt).read_bytes())  # export beside a copy, never beside the user's file
         model = load_model(copy)
+        if args.dfl == "last-axis" and replace_dfl(model):
+            save_checkpoint(model, copy)
         names.append(f"{i}:{Path(ckpt).stem}")
         models.append(model)
         macs.append(count_macs_params(model, args.imgsz)[0] / 1e9)

@@ -32,6 +32,7 @@ from ultralytics_prune.finetune_state import RESUME_STATE
 from ultralytics_prune.graph import hold_modules
 from ultralytics_prune.latency import measure_latency
 from ultralytics_prune.patches.blocks import replace_blocks
+from ultralytics_prune.patches.dfl import replace_dfl
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS
 from ultralytics_prune.plots import plot_prune_results
 from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
@@ -323,8 +324,10 @@ class PruneRun:
         return self.swap_twins(load_model(self.args.model))
 
     def swap_twins(self, model: nn.Module) -> nn.Module:
-        """Swap in the prunable block twins (and, with `attention=prune`, the attention twin); return `model`."""
+        """Swap in the prunable block twins (and, with `attention=prune`, the attention twin) and the box decoder
+        that exports faster (`patches.dfl`); return `model`."""
         replace_blocks(model)
+        replace_dfl(model)
         if self.args.attention == "prune":
             replace_attention(model)
         return model
