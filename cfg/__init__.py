@@ -35,6 +35,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "importance": ((str,), lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
     "global_pruning": ((bool,), lambda v: True, "True or False"),
     "sensitivity": ((bool,), lambda v: True, "True or False"),
+    "latency_aware": ((bool,), lambda v: True, "True or False"),
     "target_macs": (_NUMBER, lambda v: v >= 0, "GMACs >= 0, e.g. 'target_macs=2.5'"),
     "speedup": (_NUMBER, lambda v: v == 0 or v >= 1, "0 or a factor >= 1, e.g. 'speedup=2'"),
     "speedup_by": ((str,), lambda v: v in ("macs", "latency"), "'macs' or 'latency'"),
@@ -116,8 +117,11 @@ def get_prune_cfg(
     except (TypeError, ValueError, SyntaxError) as e:  # Ultralytics' own type and range checks of its keys
         raise UserError(" ".join(str(e).split())) from e
     check_prune_values(args)
-    if args.get("sensitivity") and args.get("global_pruning"):
-        raise UserError("'sensitivity=True' and 'global_pruning=True' both decide the per-layer widths: choose one")
+    widths_by = [k for k in ("sensitivity", "global_pruning", "latency_aware") if args.get(k)]
+    if args.get("sensitivity") and len(widths_by) > 1:
+        raise UserError(f"'sensitivity=True' and '{widths_by[1]}=True' both decide the per-layer widths: choose one")
+    if args.get("latency_aware") and args.get("mode") == "slim":
+        raise UserError("'latency_aware=True' works with 'yolo prune'; 'yolo slim' removes channels by BatchNorm scale")
     goals = [k for k in ("target_latency", "target_macs", "speedup") if args.get(k)]
     if len(goals) > 1:
         raise UserError(f"'{goals[0]}' and '{goals[1]}' both set where pruning stops: choose one")
@@ -126,7 +130,7 @@ def get_prune_cfg(
     if args.get("method") == "unstructured":
         if args.get("mode") == "slim":
             raise UserError("'method=unstructured' is a 'yolo prune' method; 'yolo slim' removes channels")
-        structured = ("target_macs", "target_latency", "speedup", "sensitivity", "global_pruning")
+        structured = ("target_macs", "target_latency", "speedup", "sensitivity", "global_pruning", "latency_aware")
         asked = [k for k in structured if args.get(k)]
         if asked:
             raise UserError(f"'{asked[0]}' does not apply to 'method=unstructured' (it zeroes weights, the MACs stay): "

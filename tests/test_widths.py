@@ -63,3 +63,13 @@ def test_allocate_ratios_spares_sensitive_layers_at_the_same_total():
     capped = allocate_ratios([64, 64, 64], [0.5, 0.0, 0.0], rate=0.7, max_ratio=0.9)
     assert capped == pytest.approx([0.3, 0.9, 0.9]), "the cap's excess goes to the others"
     assert allocate_ratios([16, 32], [0.0, 0.0], rate=0.4) == pytest.approx([0.4, 0.4]), "no signal: uniform"
+
+
+def test_global_widths_keep_each_layers_floor():
+    """With `max_layer_ratio`, a layer whose channels all rank last still keeps its best ones up to its floor, and the
+    ranking shares out what is left: the total kept is the same."""
+    low, high = torch.arange(40, dtype=torch.float) / 1000, 1 + torch.arange(40, dtype=torch.float)
+    free = global_widths([low, high], [40, 40], ratio=0.5)
+    assert free == [1, 40], "without a floor the low layer keeps only its one channel"
+    floored = global_widths([low, high], [40, 40], ratio=0.5, max_layer_ratio=0.75)
+    assert floored == [10, 30]

@@ -6,6 +6,7 @@ Rows (each given `--epochs` epochs of training in all, on the same data):
   base      the input checkpoint as it is
   prune     `yolo prune` with its defaults, `--steps` steps of epochs/steps fine-tune epochs
   attention the same with `attention=prune` (attention heads cut too)
+  latency   the same with `latency_aware=True` (channels ranked by importance per millisecond on onnxruntime)
   distill   the same with the input checkpoint as teacher (`distill=True`)
   slim      sparsity training from the input (`sr`, half the epochs), `yolo slim` at the rate, fine-tune (the rest)
   scratch   the architecture `prune` ended with, re-initialised and trained from scratch for `--epochs`
@@ -28,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROWS = ("base", "prune", "attention", "distill", "slim", "scratch")
+ROWS = ("base", "prune", "attention", "latency", "distill", "slim", "scratch")
 COLUMNS = ("row", "macs_G", "params_M", "mAP50", "mAP50-95", "task_mAP50-95", "onnx_ms", "speedup", "train_epochs",
            "wall_s", "error")  # fmt: skip
 
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=0.5, help="channel pruning rate of prune, distill and slim")
     p.add_argument("--epochs", type=int, default=20, help="training epochs each row gets in all")
     p.add_argument("--steps", type=int, default=2, help="iterative pruning steps of prune and distill")
+    p.add_argument("--speedup", type=float, default=0.0,
+                   help="prune rows stop at this onnxruntime CPU speed-up instead of at --rate (speedup_by=latency)")
     p.add_argument("--imgsz", type=int, default=640, help="image size")
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--sr", type=float, default=0.005, help="sparsity strength of the slim row's sparsity training")
@@ -67,13 +70,19 @@ class Benchmark:
         """`yolo prune` with its defaults at `rate`, `steps` steps, the epochs spread evenly over them (plus `keys`)."""
         from ultralytics_prune.model import run_recipe
 
+        goal = {"speedup": self.args.speedup, "speedup_by": "latency"} if self.args.speedup else {}
         return run_recipe("prune", {**self.common, "model": self.args.model, "rate": self.args.rate,
                                     "iterative_steps": self.args.steps, "epochs": self.args.epochs // self.args.steps,
-                                    "max_map_drop": 1.0, "project": str(self.out), "name": name, **keys})  # fmt: skip
+                                    "max_map_drop": 1.0, "project": str(self.out), "name": name, **goal,
+                                    **keys})  # fmt: skip
 
     def attention(self) -> Path:
         """`prune` with `attention=prune` (the heads of attention blocks cut too)."""
         return self.prune("attention", attention="prune")
+
+    def latency(self) -> Path:
+        """`prune` with `latency_aware=True` (one ranking of importance per millisecond across layers)."""
+        return self.prune("latency", latency_aware=True)
 
     def distill(self) -> Path:
         """`prune` with the input checkpoint as teacher."""

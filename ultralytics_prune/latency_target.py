@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,13 +34,20 @@ def quiet_exports():
         LOGGER.setLevel(level)
 
 
+@contextmanager
+def exported(model: nn.Module, imgsz: int) -> Iterator[Path]:
+    """The ONNX file of `model` as a user would export it, in a temporary folder removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="ultralytics-prune-latency-") as tmp, quiet_exports():
+        yield export_onnx(save_checkpoint(model, Path(tmp) / "probe.pt"), imgsz)
+
+
 def backend_runner(model: nn.Module, imgsz: int, backend: str):
     """A call that runs `model` once on `backend`; for onnxruntime the model is exported to a temporary folder, loaded
     into a session, and the files removed (the session holds the graph)."""
     if backend in ("torch", "cuda"):
         return torch_runner(model, imgsz, "cuda" if backend == "cuda" else "cpu")
-    with tempfile.TemporaryDirectory(prefix="ultralytics-prune-latency-") as tmp, quiet_exports():
-        return onnx_runner(export_onnx(save_checkpoint(model, Path(tmp) / "probe.pt"), imgsz), imgsz)
+    with exported(model, imgsz) as file:
+        return onnx_runner(file, imgsz)
 
 
 class LatencyProbe:

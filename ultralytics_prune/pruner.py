@@ -15,12 +15,16 @@ from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.latency_table import LatencyTable, channel_costs
 from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.report import count_macs_params
 from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
 
 LATENCY_HEADROOM = 1.15  # a latency goal first cuts to this many times its share of the MACs, untimed
+# With latency_aware, every layer keeps at least this share of the width a uniform cut would leave it: per millisecond,
+# a flat ranking (e.g. an untrained model) would otherwise empty the slow layers down to `round_to` channels.
+MIN_KEEP = 0.5
 
 
 def step_ratios(rate: float, steps: int) -> list[float]:
@@ -127,17 +131,41 @@ class DepGraphPruner(PruneRun):
             self._original_widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         return self._original_widths
 
+    @property
+    def latency_table(self) -> LatencyTable:
+        """The unpruned model's per-layer latency on `latency_backend`, measured once per run (`latency_table.csv`,
+        which a resumed run reads back)."""
+        if not hasattr(self, "_latency_table"):
+            file = self.save_dir / "latency_table.csv"
+            if file.exists():
+                self._latency_table = LatencyTable.load(file)
+            else:
+                model = self.model if not self.rows[1:] else self.input_model()
+                self._latency_table = LatencyTable.measure(model, self.args.imgsz, self.args.latency_backend)
+                self._latency_table.save(file)
+                top = ", ".join(f"{n} {ms:.2f}" for n, (ms, _) in sorted(self._latency_table.layers.items(),
+                                                                         key=lambda kv: -kv[1][0])[:3])  # fmt: skip
+                LOGGER.info(f"{self.prefix}latency table on {self.args.latency_backend}: "
+                            f"{self._latency_table.total_ms:.2f} ms, slowest layers {top} ms, "
+                            f"{self._latency_table.fixed_ms:.2f} ms in no layer; see {file}")  # fmt: skip
+        return self._latency_table
+
     def prune_to(self, ratio: float) -> dict:
         """Remove channels so that every prunable layer keeps its share `1 - ratio` of its original width.
 
-        With `global_pruning` one ranking over all layers decides how many each keeps (same total share).
+        With `global_pruning` one ranking over all layers decides how many each keeps (same total share); with
+        `latency_aware` that ranking is of importance per millisecond (see `latency_table`).
         Returns the row entries: `ratio` asked and `removed`, the share of prunable channels really removed.
         """
         if self.args.importance == "taylor":
             loss_gradients(self.model, ultralytics_args(self.args))
         pruner = self.make_pruner(self.model)
         originals = [self.original_widths[name] for name in pruner.names]
-        if self.args.global_pruning:
+        if self.args.latency_aware:
+            costs = channel_costs(self.latency_table, self.model, pruner.graph, pruner.groups)
+            per_ms = [score / max(cost, 1e-9) for score, cost in zip(pruner.scores, costs)]
+            widths = global_widths(per_ms, originals, ratio, self.args.round_to, 1 - MIN_KEEP * (1 - ratio))
+        elif self.args.global_pruning:
             widths = global_widths(pruner.scores, originals, ratio, self.args.round_to)
         else:
             ratios = [self.layer_ratio(name, ratio) for name in pruner.names]

@@ -33,7 +33,11 @@ def kept_width(original: int, ratio: float, round_to: int = 1, current: int | No
 
 
 def global_widths(
-    scores: Sequence[torch.Tensor], originals: Sequence[int], ratio: float, round_to: int = 1
+    scores: Sequence[torch.Tensor],
+    originals: Sequence[int],
+    ratio: float,
+    round_to: int = 1,
+    max_layer_ratio: float = 1.0,
 ) -> list[int]:
     """Widths from one ranking of all channels: the lowest-scored go until the share `ratio` of all is removed.
 
@@ -42,15 +46,24 @@ def global_widths(
         originals (Sequence[int]): Each layer's original width (the share is of their sum).
         ratio (float): Cumulative share of all original channels to remove.
         round_to (int): Each layer keeps the nearest multiple of this to what the ranking left it.
+        max_layer_ratio (float): No layer loses more than this share of its original width: each first keeps its
+            best-scored channels up to that floor, and the ranking shares out the rest.
 
     Returns:
         (list[int]): The width each layer keeps, never above its current width.
     """
     currents = [len(s) for s in scores]
     keep_total = min(sum(currents), math.floor(sum(originals) * (1 - ratio) + 0.5))
+    floors = [min(c, math.ceil(o * (1 - max_layer_ratio))) for o, c in zip(originals, currents)]
     flat = torch.cat([s.float().flatten().cpu() for s in scores]) if scores else torch.zeros(0)
     kept = torch.zeros(len(flat), dtype=torch.bool)
-    kept[torch.sort(flat, descending=True, stable=True).indices[:keep_total]] = True
+    start = 0
+    for score, floor in zip(scores, floors):
+        kept[start + torch.sort(score.float().cpu(), descending=True, stable=True).indices[:floor]] = True
+        start += len(score)
+    rest = (~kept).nonzero().flatten()
+    free = max(0, keep_total - int(kept.sum()))
+    kept[rest[torch.sort(flat[rest], descending=True, stable=True).indices[:free]]] = True
     widths, start = [], 0
     for original, current in zip(originals, currents):
         ranked = int(kept[start : start + current].sum())
