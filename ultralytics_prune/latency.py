@@ -1,10 +1,12 @@
 """Measured latency: models run one image at a time on a backend, interleaved, reported as medians (and extremes).
 
 Interleaving makes a slow spell of the machine hit all models alike, so their ratios hold even on a busy machine;
-medians ignore the odd outlier. Models take turns in short blocks, each opened by one untimed call: after a run,
-onnxruntime's worker threads spin for a while, and on a 2-core machine a model timed right after another one lost
-half its second core to them. Call by call alternation measured yolov8s pruned to x3.95 fewer MACs at x2.3 on two
-threads; one model at a time gives x3.5, which is what a deployment with one model sees.
+medians ignore the odd outlier. Models take turns in short blocks; each block starts after a short pause and one
+untimed call. After a run, onnxruntime's worker threads spin for a while, and on a 2-core machine a model timed right
+after another one lost part of its second core to them: call by call alternation measured yolov8s pruned to x3.95
+fewer MACs at x2.3 on two threads, one model at a time x3.5. With small models an untimed call was not enough: four
+exports of one YOLOv8n at 160 px measured 5.8 to 11.3 ms in turns without the pause, 3.6 to 4.2 ms with it, as each
+alone.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch.nn as nn
 
 
 def time_interleaved(
-    runners: Sequence[Callable[[], object]], rounds: int = 50, warmup: int = 5, block: int = 5
+    runners: Sequence[Callable[[], object]], rounds: int = 50, warmup: int = 5, block: int = 5, settle: float = 0.1
 ) -> list[list[float]]:
     """Milliseconds of `rounds` calls of each runner, after `warmup` untimed ones, taken in interleaved blocks.
 
-    The runners take turns, `block` timed calls each, every turn opened by one untimed call (see the module doc).
+    The runners take turns, `block` timed calls each, every turn opened by a pause of `settle` seconds (when there is
+    more than one runner) and one untimed call (see the module doc).
     """
     times: list[list[float]] = [[] for _ in runners]
     for run in runners:
@@ -35,7 +38,9 @@ def time_interleaved(
             n = min(block, rounds - len(spent))
             if n <= 0:
                 continue
-            run()  # untimed: the previous runner's threads wind down meanwhile
+            if len(runners) > 1:
+                time.sleep(settle)  # the previous runner's worker threads stop spinning
+            run()  # untimed
             for _ in range(n):
                 t = time.perf_counter()
                 run()
