@@ -3,8 +3,8 @@
     python tools/bench_latency.py base.pt runs/prune/exp/weights/pruned.pt --imgsz 640 --out runs/latency
 
 Backends: onnxruntime CPU at its default threads (the machine's cores) and at 1 thread, PyTorch CPU, and, when a CUDA
-device is present, PyTorch CUDA and onnxruntime CUDA (TensorRT is not measured yet). Per backend the models run one image
-at a time, taking turns in short blocks (see `latency.time_interleaved`); the table gives median / min / max
+device is present, PyTorch CUDA and onnxruntime CUDA (TensorRT is not measured yet). Per backend the models run one
+image at a time, taking turns in short blocks (see `latency.time_interleaved`); the table gives median / min / max
 milliseconds, the speed-up over the first checkpoint, its MACs factor, and the realization (speed-up / MACs factor:
 1.0 means every MAC removed is time saved). `--dfl last-axis` gives every model the box decoder that pruned models are
 saved with (`patches.dfl`) before it is exported and timed, so that an unpruned model is compared on the same head; by
