@@ -1,16 +1,16 @@
 """Where a model's time goes on a backend, layer by layer, and what one channel of each prunable group costs there.
 
-`measure_layer_latency` times every convolution (with its BatchNorm and activation) of a model on `latency_backend`:
+`LatencyTable.measure` times every convolution (with its BatchNorm and activation) of a model on `latency_backend`:
 onnxruntime profiles the model exported as a user would (its own per-node times; node names carry the PyTorch module
 scope, conv weights keep their module names), `torch`/`cuda` time each layer's forward with hooks. What no layer
 owns (box decoding, concatenations, layout reorders) is the fixed part, which no pruning shrinks.
 
 `channel_costs` turns that table into milliseconds per channel of each prunable group: a group's channel is an
 output channel of some layers and an input channel of others, and each layer's share is its time divided by its
-width along that side. A layer's time is taken to scale with its weight count (its MACs at a fixed image size), which
-is how convolutions measured on onnxruntime CPU behave (see DESIGN.md); the table itself is measured once, on the
-unpruned model. Ranking channels by importance per millisecond then removes first what is cheap to lose and slow to
-run (`latency_aware=True`).
+width along that side. A layer's time is taken to scale with its weight count (its MACs at a fixed image size), as
+convolutions measured on onnxruntime CPU do (x3.92 less conv time for x3.95 fewer MACs, README Results); the table
+itself is measured once, on the unpruned model. Ranking channels by importance per millisecond then removes first
+what is cheap to lose and slow to run (`latency_aware=True`).
 """
 
 from __future__ import annotations
