@@ -22,6 +22,7 @@ PRUNE_DEFAULTS: dict[str, Any] = YAML.load(PRUNE_CFG_PATH)
 DEFAULT_PRUNE_CFG_DICT: dict[str, Any] = {**DEFAULT_CFG_DICT, **PRUNE_DEFAULTS}
 
 IMPORTANCES = ("l1", "l2", "bn", "lamp", "taylor", "random")
+LATENCY_BACKENDS = ("onnxruntime", "torch", "cuda", "tensorrt")
 _NUMBER = (int, float)
 # key -> (accepted types, range check, what a valid value is)
 PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -40,7 +41,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "speedup": (_NUMBER, lambda v: v == 0 or v >= 1, "0 or a factor >= 1, e.g. 'speedup=2'"),
     "speedup_by": ((str,), lambda v: v in ("macs", "latency"), "'macs' or 'latency'"),
     "target_latency": (_NUMBER, lambda v: v >= 0, "milliseconds >= 0, e.g. 'target_latency=20'"),
-    "latency_backend": ((str,), lambda v: v in ("onnxruntime", "torch", "cuda"), "'onnxruntime', 'torch' or 'cuda'"),
+    "latency_backend": ((str,), lambda v: v in LATENCY_BACKENDS, "'onnxruntime', 'torch', 'cuda' or 'tensorrt'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
@@ -125,8 +126,7 @@ def get_prune_cfg(
     goals = [k for k in ("target_latency", "target_macs", "speedup") if args.get(k)]
     if len(goals) > 1:
         raise UserError(f"'{goals[0]}' and '{goals[1]}' both set where pruning stops: choose one")
-    if args.get("latency_backend") == "cuda" and not cuda_available():
-        raise UserError("'latency_backend=cuda' needs a CUDA device and there is none: use 'onnxruntime' or 'torch'")
+    check_latency_backend(args)
     if args.get("method") == "unstructured":
         if args.get("mode") == "slim":
             raise UserError("'method=unstructured' is a 'yolo prune' method; 'yolo slim' removes channels")
@@ -138,6 +138,28 @@ def get_prune_cfg(
     if args.get("attention") == "prune" and args.get("mode") == "slim":
         raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
+
+
+def check_latency_backend(args: dict) -> None:
+    """Refuse a GPU `latency_backend` this machine cannot run, and a TensorRT latency table.
+
+    Raises:
+        UserError: No CUDA device for `cuda`/`tensorrt`; no TensorRT provider in onnxruntime; `latency_aware` on
+            `tensorrt`, whose fused engine has no per-layer times.
+    """
+    backend = args.get("latency_backend")
+    if backend in ("cuda", "tensorrt") and not cuda_available():
+        raise UserError(f"'latency_backend={backend}' needs a CUDA device and there is none: use 'onnxruntime' or "
+                        f"'torch'")  # fmt: skip
+    if backend == "tensorrt":
+        import onnxruntime
+
+        if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
+            raise UserError("'latency_backend=tensorrt' runs in onnxruntime's TensorRT provider, which this "
+                            "onnxruntime lacks: 'pip install onnxruntime-gpu tensorrt', or use 'cuda'")  # fmt: skip
+        if args.get("latency_aware"):
+            raise UserError("'latency_aware=True' needs per-layer times, which a TensorRT engine does not give: use "
+                            "'latency_backend=cuda' for the table")  # fmt: skip
 
 
 def cuda_available() -> bool:

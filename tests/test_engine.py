@@ -193,19 +193,24 @@ def test_bench_latency_table(untrained, synthetic_data, tmp_path):
     _, pruned = run("prune", untrained, synthetic_data, tmp_path, "lat", rate=0.5, **PRUNE_ONLY)
     out = tmp_path / "latency"
     assert bench_latency([str(untrained), str(pruned), "--imgsz", "64", "--rounds", "3", "--warmup", "1",
-                          "--out", str(out)]) == 0  # fmt: skip
+                          "--repeat", "2", "--out", str(out)]) == 0  # fmt: skip
     rows = read_csv(out / "latency.csv")
     backends = {r["backend"] for r in rows}
     assert {"torch-cpu", "onnxruntime-cpu-1thread"} <= backends and len(rows) == 2 * len(backends)
     for r in rows:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["median_ms"] > 0
         assert r["realization"] == pytest.approx(r["speedup"] / r["macs_factor"], rel=1e-3)
+        assert r["realization_low"] <= r["realization"] <= r["realization_high"]
+        assert len(str(r["repeat_medians_ms"]).split()) == 2, "one median per repeat"
         if r["model"].startswith("0:"):
             assert r["speedup"] == pytest.approx(1) and r["macs_factor"] == pytest.approx(1)
         else:
             assert r["macs_factor"] > 2.5, "rate 0.5 removes about three quarters of the MACs"
     assert (out / "latency.png").is_file() and json.loads((out / "latency.json").read_text())["rows"]
     assert untrained.is_file() and not untrained.with_suffix(".onnx").exists(), "exports go beside copies"
+    assert bench_latency([str(untrained), "--imgsz", "64", "--rounds", "2", "--warmup", "1", "--repeat", "1",
+                          "--backends", "1thread", "--out", str(out / "one")]) == 0  # fmt: skip
+    assert {r["backend"] for r in read_csv(out / "one" / "latency.csv")} == {"onnxruntime-cpu-1thread"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

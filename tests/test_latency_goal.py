@@ -75,11 +75,47 @@ def test_probe_times_each_cpu_backend_against_the_reference():
     ({"target_latency": 10, "speedup": 2}, "both set where pruning stops"),
     ({"target_latency": -1}, "target_latency"),
     ({"speedup_by": "flops"}, "speedup_by"),
-    ({"latency_backend": "tensorrt"}, "latency_backend"),
+    ({"latency_backend": "TensorRT"}, "latency_backend"),
 ])  # fmt: skip
 def test_latency_keys_checked(keys, says):
     with pytest.raises(UserError, match=says):
         get_prune_cfg(overrides={**keys, "mode": "prune"})
+
+
+def test_gpu_latency_backends_refused_with_the_reason(monkeypatch):
+    """No CUDA device, no TensorRT provider, or a TensorRT latency table: each refused with what to use instead."""
+    import onnxruntime
+
+    from ultralytics_prune import cfg
+
+    def check(**keys):
+        return get_prune_cfg(overrides={**keys, "mode": "prune"})
+
+    monkeypatch.setattr(cfg, "cuda_available", lambda: False)
+    for backend in ("cuda", "tensorrt"):
+        with pytest.raises(UserError, match=f"'latency_backend={backend}' needs a CUDA device"):
+            check(latency_backend=backend)
+    monkeypatch.setattr(cfg, "cuda_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(UserError, match="TensorRT provider, which this onnxruntime lacks"):
+        check(latency_backend="tensorrt")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["TensorrtExecutionProvider"])
+    assert check(latency_backend="tensorrt", target_latency=5).latency_backend == "tensorrt"
+    with pytest.raises(UserError, match="use 'latency_backend=cuda' for the table"):
+        check(latency_backend="tensorrt", latency_aware=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where no GPU provider can start")
+def test_onnx_runner_refuses_a_silent_cpu_fallback(tmp_path):
+    """onnxruntime falls back to the CPU when a GPU provider cannot start; timing that as the GPU would be a lie."""
+    from ultralytics_prune.latency import onnx_runner
+
+    file = tmp_path / "conv.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 64, 64),), str(file), dynamo=False)
+    assert onnx_runner(file, 64)() is not None
+    for device in ("cuda", "tensorrt"):
+        with pytest.raises(RuntimeError, match="could not start .* fell back to CPUExecutionProvider"):
+            onnx_runner(file, 64, device=device)
 
 
 def test_time_interleaved_takes_turns_in_blocks():

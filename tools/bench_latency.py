@@ -3,15 +3,18 @@
     python tools/bench_latency.py base.pt runs/prune/exp/weights/pruned.pt --imgsz 640 --out runs/latency
 
 Backends: onnxruntime CPU at its default threads (the machine's cores) and at 1 thread, PyTorch CPU, and, when a CUDA
-device is present, PyTorch CUDA and onnxruntime CUDA (TensorRT is not measured yet). Per backend the models run one
-image at a time, taking turns in short blocks (see `latency.time_interleaved`); the table gives median / min / max
-milliseconds, the speed-up over the first checkpoint, its MACs factor, and the realization (speed-up / MACs factor:
-1.0 means every MAC removed is time saved). `--dfl last-axis` gives every model the box decoder that pruned models are
-saved with (`patches.dfl`) before it is exported and timed, so that an unpruned model is compared on the same head; by
-default each checkpoint runs as it was saved (what `yolo export` of it gives).
-The default-thread backend is timed first: timed after the one-thread runs, yolov8s against itself pruned measured
-x3.37 on two threads (165 vs 49 ms), where each model alone in a fresh process runs in 145 and 38 ms (x3.78).
-Writes latency.csv, latency.json and latency.png in `--out`.
+device is present, PyTorch CUDA, onnxruntime CUDA and TensorRT FP16 (onnxruntime's TensorRT provider); a GPU provider
+that cannot start is left out with a warning (`--backends` keeps a subset). Per backend the models run one image at a
+time, taking turns in short blocks (see `latency.time_interleaved`), and that measurement is repeated `--repeat`
+times. The table gives median / min / max milliseconds, the speed-up over the first checkpoint, its MACs factor, and
+the realization (speed-up / MACs factor: 1.0 means every MAC removed is time saved): the median over the repeats of
+each repeat's own ratio, with the lowest and highest repeat beside it. Repeats, because a shared machine has slow
+spells of 10-20 s that hit a small model harder than a large one: on this project's 2-vCPU machine, yolov8s and
+itself pruned (MACs x3.95), one process, two threads, gave 0.82 to 0.99 from one 30-round measurement to the next
+(the pruned model 37.6 ms in quiet spells, 48-51 ms in slow ones; the unpruned 144 and 160-166 ms).
+`--dfl last-axis` gives every model the box decoder that pruned models are saved with (`patches.dfl`) before it is
+exported and timed, so that an unpruned model is compared on the same head; by default each checkpoint runs as it
+was saved (what `yolo export` of it gives). Writes latency.csv, latency.json and latency.png in `--out`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-COLUMNS = ("backend", "model", "macs_G", "median_ms", "min_ms", "max_ms", "speedup", "macs_factor", "realization")
+COLUMNS = ("backend", "model", "macs_G", "median_ms", "min_ms", "max_ms", "speedup", "macs_factor", "realization",
+           "realization_low", "realization_high")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoints to compare; the first is the reference")
     p.add_argument("--imgsz", type=int, default=640, help="image size")
-    p.add_argument("--rounds", type=int, default=50, help="timed interleaved rounds per backend")
+    p.add_argument("--rounds", type=int, default=20, help="timed interleaved rounds per repeat")
+    p.add_argument("--repeat", type=int, default=3, help="independent interleaved measurements per backend")
+    p.add_argument("--backends", default="", help="comma-separated parts of backend names to keep, e.g. 'onnxruntime'")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     p.add_argument("--dfl", choices=("saved", "last-axis"), default="saved",
                    help="box decoder: each checkpoint's own, or the last-axis twin for every model")
@@ -41,28 +49,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def backends(models: list, onnx_files: list[Path], imgsz: int) -> dict[str, list]:
-    """Runners per backend available here: name -> one runner per model."""
-    import onnxruntime as ort
+def backends(models: list, onnx_files: list[Path], imgsz: int, wanted: list[str] | None = None) -> dict[str, list]:
+    """Runners per backend available here: name -> one runner per model (`wanted`: keep names containing one of these).
+
+    A GPU provider that onnxruntime cannot start (missing CUDA, cuDNN or TensorRT libraries) is left out with a
+    warning instead of being timed on the CPU it would fall back to.
+    """
     import torch
+    from ultralytics.utils import LOGGER
 
     from ultralytics_prune.latency import onnx_runner, torch_runner
 
-    found = {
-        f"onnxruntime-cpu-{os.cpu_count()}threads": [onnx_runner(f, imgsz) for f in onnx_files],
-        "onnxruntime-cpu-1thread": [onnx_runner(f, imgsz, threads=1) for f in onnx_files],
-        "torch-cpu": [torch_runner(m, imgsz) for m in models],
+    makers = {
+        f"onnxruntime-cpu-{os.cpu_count()}threads": lambda: [onnx_runner(f, imgsz) for f in onnx_files],
+        "onnxruntime-cpu-1thread": lambda: [onnx_runner(f, imgsz, threads=1) for f in onnx_files],
+        "torch-cpu": lambda: [torch_runner(m, imgsz) for m in models],
     }
     if torch.cuda.is_available():
-        found["torch-cuda"] = [torch_runner(m, imgsz, "cuda") for m in models]
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            found["onnxruntime-cuda"] = [onnx_runner(f, imgsz, provider="CUDAExecutionProvider") for f in onnx_files]
+        makers["torch-cuda"] = lambda: [torch_runner(m, imgsz, "cuda") for m in models]
+        makers["onnxruntime-cuda"] = lambda: [onnx_runner(f, imgsz, device="cuda") for f in onnx_files]
+        makers["tensorrt-fp16"] = lambda: [onnx_runner(f, imgsz, device="tensorrt") for f in onnx_files]
+    found = {}
+    for name, make in makers.items():
+        if wanted and not any(w in name for w in wanted):
+            continue
+        try:
+            found[name] = make()
+        except RuntimeError as e:  # a GPU provider that did not start
+            LOGGER.warning(f"bench_latency: {name} left out: {e}")
     return found
+
+
+def realizations(times: list[list[list[float]]], factors: list[float]) -> list[list[float]]:
+    """Per repeat, each model's realization: (median of model 0 / its median) / its MACs factor."""
+    return [[float(np.median(rep[0]) / np.median(t)) / f for t, f in zip(rep, factors)] for rep in times]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table and write the files; exit status 0."""
-    import numpy as np
     from ultralytics.utils import TQDM
     from ultralytics_prune.patches.dfl import replace_dfl
 
@@ -86,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         macs.append(count_macs_params(model, args.imgsz)[0] / 1e9)
         onnx_files.append(export_onnx(copy, args.imgsz))
     rows = []
-    runners = backends(models, onnx_files, args.imgsz)
+    runners = backends(models, onnx_files, args.imgsz, [b for b in args.backends.split(",") if b])
     for backend, calls in TQDM(runners.items(), desc="latency backends", total=len(runners)):
-        times = time_interleaved(calls, args.rounds, args.warmup)
-        base = float(np.median(times[0]))
-        for name, m, t in zip(names, macs, times):
-            median = float(np.median(t))
-            speedup, factor = base / median, macs[0] / m
-            rows.append({"backend": backend, "model": name, "macs_G": m, "median_ms": median, "min_ms": min(t),
-                         "max_ms": max(t), "speedup": speedup, "macs_factor": factor,
-                         "realization": speedup / factor})  # fmt: skip
+        times = [time_interleaved(calls, args.rounds, args.warmup) for _ in range(args.repeat)]
+        per_repeat = realizations(times, [macs[0] / m for m in macs])
+        for i, (name, m) in enumerate(zip(names, macs)):
+            medians = [float(np.median(rep[i])) for rep in times]
+            mine = [r[i] for r in per_repeat]
+            factor = macs[0] / m
+            realization = float(np.median(mine))
+            rows.append({"backend": backend, "model": name, "macs_G": m, "median_ms": float(np.median(medians)),
+                         "min_ms": min(min(rep[i]) for rep in times), "max_ms": max(max(rep[i]) for rep in times),
+                         "speedup": realization * factor, "macs_factor": factor, "realization": realization,
+                         "realization_low": min(mine), "realization_high": max(mine),
+                         "repeat_medians_ms": " ".join(f"{v:.2f}" for v in medians)})  # fmt: skip
     write_csv(rows, out / "latency.csv")
     (out / "latency.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     plot_latency(rows, out / "latency.png")

@@ -64,13 +64,32 @@ def torch_runner(model: nn.Module, imgsz: int, device: str = "cpu") -> Callable[
     return run
 
 
-def onnx_runner(file: str | Path, imgsz: int, threads: int = 0, provider: str = "CPUExecutionProvider"):
-    """A call that runs an ONNX model in onnxruntime on one zero image; `threads` 0 = onnxruntime's default."""
+ONNX_PROVIDERS = {
+    "cpu": ("CPUExecutionProvider", {}),
+    "cuda": ("CUDAExecutionProvider", {}),
+    "tensorrt": ("TensorrtExecutionProvider", {"trt_fp16_enable": True}),  # FP16, as TensorRT is deployed
+}
+
+
+def onnx_runner(file: str | Path, imgsz: int, threads: int = 0, device: str = "cpu"):
+    """A call that runs an ONNX model in onnxruntime on one zero image; `threads` 0 = onnxruntime's default.
+
+    `device` picks the execution provider (`ONNX_PROVIDERS`). onnxruntime quietly falls back to the CPU when a GPU
+    provider cannot start (missing CUDA, cuDNN or TensorRT libraries), which would time the CPU under a GPU's name,
+    so that raises here.
+
+    Raises:
+        RuntimeError: If the session does not run on the provider asked for.
+    """
     import onnxruntime as ort
 
+    provider, provider_options = ONNX_PROVIDERS[device]
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(file), options, providers=[provider])
+    session = ort.InferenceSession(str(file), options, providers=[(provider, provider_options)])
+    if session.get_providers()[0] != provider:
+        raise RuntimeError(f"onnxruntime could not start {provider} (it fell back to {session.get_providers()[0]}): "
+                           f"check that the GPU libraries it needs are installed, see onnxruntime's log above")
     feed = {session.get_inputs()[0].name: np.zeros((1, 3, imgsz, imgsz), dtype=np.float32)}
     return lambda: session.run(None, feed)
 

@@ -2,8 +2,9 @@
 
 `onnxruntime` (the default) exports the model the way a user would (Ultralytics' exporter, a fixed-shape ONNX file)
 and times it in onnxruntime on the CPU with its default threads; `torch` times the fused model in PyTorch on the CPU;
-`cuda` in PyTorch on the first GPU. Every measurement is a median over runs of one image, taken in turns with the
-unpruned model.
+`cuda` in PyTorch on the first GPU; `tensorrt` runs the same ONNX file in onnxruntime's TensorRT provider at FP16 on
+the first GPU (an engine is built per timed model, which takes a while). Every measurement is a median over runs of
+one image, taken in turns with the unpruned model.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def backend_runner(model: nn.Module, imgsz: int, backend: str):
     if backend in ("torch", "cuda"):
         return torch_runner(model, imgsz, "cuda" if backend == "cuda" else "cpu")
     with exported(model, imgsz) as file:
-        return onnx_runner(file, imgsz)
+        return onnx_runner(file, imgsz, device="tensorrt" if backend == "tensorrt" else "cpu")
 
 
 class LatencyProbe:
@@ -59,7 +60,7 @@ class LatencyProbe:
     Args:
         reference (nn.Module): The model latencies are compared with.
         imgsz (int): Image side.
-        backend (str): `onnxruntime`, `torch` or `cuda`.
+        backend (str): `onnxruntime`, `torch`, `cuda` or `tensorrt`.
         runs (int): Timed calls of each model per measurement.
     """
 
