@@ -90,12 +90,14 @@ def test_latency_aware_cuts_the_slow_layers(untrained, synthetic_data, tmp_path,
 
     monkeypatch.setattr(pruner_module.LatencyTable, "measure", staticmethod(fake_measure))
     args = get_prune_cfg(overrides={**recipe_overrides({**FAST, "rate": 0.4, "latency_aware": True,
-                                                        "iterative_steps": 1, "latency_backend": "torch"}),
+                                                        "iterative_steps": 1, "latency_backend": "torch",
+                                                        "plots": True}),
                                     "model": str(untrained), "data": str(synthetic_data), "project": str(tmp_path),
                                     "mode": "prune"})  # fmt: skip
     final = DepGraphPruner(args)()
     assert measured == ["torch"]
     assert (final.parent.parent / "latency_table.csv").is_file()
+    assert (final.parent.parent / "latency_table.png").read_bytes()[:4] == b"\x89PNG"
     before, after = dict(load_model(untrained).named_modules()), dict(load_model(final).named_modules())
     kept = {n: after[n].out_channels / before[n].out_channels for n in ("model.2.cv2.conv", "model.5.conv")}
     assert kept[slow] == pytest.approx(0.5 * (1 - 0.4), abs=0.07), "the slow layer goes down to its floor"

@@ -184,3 +184,32 @@ def plot_latency(rows: list[dict], file: str | Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     return _save(fig, file)
+
+
+@plt_settings()
+def plot_latency_table(rows: list[dict], file: str | Path, backend: str, top: int = 30) -> Path:
+    """Horizontal bars of the slowest convolutions' time, and of the fixed part no convolution owns.
+
+    Args:
+        rows (list[dict]): `LatencyTable.save` rows: `layer`, `ms`, `share`, with the `(fixed)` and `(total)` rows.
+        file (str | Path): PNG path to write.
+        backend (str): Where the table was measured, for the title.
+        top (int): How many of the slowest layers to show.
+    """
+    import matplotlib.pyplot as plt
+
+    layers = sorted((r for r in rows if not str(r["layer"]).startswith("(")), key=lambda r: -r["ms"])
+    fixed = next(r for r in rows if r["layer"] == "(fixed)")
+    total = next(r for r in rows if r["layer"] == "(total)")["ms"]
+    shown = [fixed, *layers[:top]]
+    fig, ax = plt.subplots(figsize=(9, 0.25 * len(shown) + 1.5), tight_layout=True)
+    ax.barh(range(len(shown)), [r["ms"] for r in shown], color=["tab:gray"] + ["tab:blue"] * (len(shown) - 1))
+    ax.set_yticks(range(len(shown)), ["no layer (decode, concat, reorders)"] + [r["layer"] for r in shown[1:]])
+    ax.invert_yaxis()
+    for i, r in enumerate(shown):
+        ax.annotate(f" {100 * r['share']:.1f}%", (r["ms"], i), va="center", fontsize=8)
+    ax.set_xlabel("ms per image")
+    ax.set_title(f"latency table on {backend}: {total:.2f} ms per image\n{len(layers)} convolutions take "
+                 f"{100 * (1 - fixed['share']):.0f}% of it; the slowest {min(top, len(layers))} shown")  # fmt: skip
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, file)

@@ -17,7 +17,8 @@ from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.latency_table import LatencyTable, channel_costs
 from ultralytics_prune.latency_target import LatencyProbe
-from ultralytics_prune.report import count_macs_params
+from ultralytics_prune.plots import plot_latency_table
+from ultralytics_prune.report import count_macs_params, read_csv
 from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
 
@@ -135,7 +136,7 @@ class DepGraphPruner(PruneRun):
     @property
     def latency_table(self) -> LatencyTable:
         """The unpruned model's per-layer latency on `latency_backend`, measured once per run (`latency_table.csv`,
-        which a resumed run reads back)."""
+        which a resumed run reads back, and its plot `latency_table.png`)."""
         if not hasattr(self, "_latency_table"):
             file = self.save_dir / "latency_table.csv"
             if file.exists():
@@ -144,6 +145,8 @@ class DepGraphPruner(PruneRun):
                 model = self.model if not self.rows[1:] else self.input_model()
                 self._latency_table = LatencyTable.measure(model, self.args.imgsz, self.args.latency_backend)
                 self._latency_table.save(file)
+                if self.args.plots:
+                    plot_latency_table(read_csv(file), file.with_suffix(".png"), self.args.latency_backend)
                 top = ", ".join(f"{n} {ms:.2f}" for n, (ms, _) in sorted(self._latency_table.layers.items(),
                                                                          key=lambda kv: -kv[1][0])[:3])  # fmt: skip
                 LOGGER.info(f"{self.prefix}latency table on {self.args.latency_backend}: "
