@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20, help="training epochs each row gets in all")
     p.add_argument("--steps", type=int, default=2, help="iterative pruning steps of prune and distill")
     p.add_argument("--speedup", type=float, default=0.0,
-                   help="prune rows stop at this onnxruntime CPU speed-up instead of at --rate (speedup_by=latency)")
+                   help="prune rows stop at this speed-up instead of at --rate (see --speedup-by)")
+    p.add_argument("--speedup-by", choices=("latency", "macs"), default="latency",
+                   help="what --speedup divides: onnxruntime CPU latency, or MACs (one end point for every prune row)")
     p.add_argument("--imgsz", type=int, default=640, help="image size")
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--sr", type=float, default=0.005, help="sparsity strength of the slim row's sparsity training")
@@ -70,7 +72,7 @@ class Benchmark:
         """`yolo prune` with its defaults at `rate`, `steps` steps, the epochs spread evenly over them (plus `keys`)."""
         from ultralytics_prune.model import run_recipe
 
-        goal = {"speedup": self.args.speedup, "speedup_by": "latency"} if self.args.speedup else {}
+        goal = {"speedup": self.args.speedup, "speedup_by": self.args.speedup_by} if self.args.speedup else {}
         return run_recipe("prune", {**self.common, "model": self.args.model, "rate": self.args.rate,
                                     "iterative_steps": self.args.steps, "epochs": self.args.epochs // self.args.steps,
                                     "max_map_drop": 1.0, "project": str(self.out), "name": name, **goal,
