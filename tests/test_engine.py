@@ -211,6 +211,8 @@ def test_bench_latency_table(untrained, synthetic_data, tmp_path):
     assert bench_latency([str(untrained), "--imgsz", "64", "--rounds", "2", "--warmup", "1", "--repeat", "1",
                           "--backends", "1thread", "--out", str(out / "one")]) == 0  # fmt: skip
     assert {r["backend"] for r in read_csv(out / "one" / "latency.csv")} == {"onnxruntime-cpu-1thread"}
+    assert bench_latency([str(tmp_path / "missing.pt"), "--out", str(out / "none")]) == 2
+    assert not (out / "none").exists(), "nothing written for a missing checkpoint"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -80,13 +80,8 @@ def backends(models: list, onnx_files: list[Path], imgsz: int, wanted: list[str]
     return found
 
 
-def realizations(times: list[list[list[float]]], factors: list[float]) -> list[list[float]]:
-    """Per repeat, each model's realization: (median of model 0 / its median) / its MACs factor."""
-    return [[float(np.median(rep[0]) / np.median(t)) / f for t, f in zip(rep, factors)] for rep in times]
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Measure, print the table and write the files; exit status 0."""
+    """Measure, print the table and write the files; exit status 0 (2 for a checkpoint that is not there)."""
     from ultralytics.utils import TQDM
     from ultralytics_prune.patches.dfl import replace_dfl
 
@@ -96,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics_prune.report import count_macs_params, export_onnx, write_csv
 
     args = parse_args(argv)
+    missing = [c for c in args.checkpoints if not Path(c).is_file()]
+    if missing:
+        print(f"bench_latency: checkpoint not found: {', '.join(missing)} (pass .pt files to compare)", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     names, models, onnx_files, macs = [], [], [], []
@@ -111,19 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         onnx_files.append(export_onnx(copy, args.imgsz))
     rows = []
     runners = backends(models, onnx_files, args.imgsz, [b for b in args.backends.split(",") if b])
-    for backend, calls in TQDM(runners.items(), desc="latency backends", total=len(runners)):
-        times = [time_interleaved(calls, args.rounds, args.warmup) for _ in range(args.repeat)]
-        per_repeat = realizations(times, [macs[0] / m for m in macs])
+    bar = TQDM(total=len(runners) * args.repeat, desc="latency (backend x repeat)")
+    for backend, calls in runners.items():
+        times = []  # per repeat, per model: the timed calls (ms)
+        for _ in range(args.repeat):
+            times.append(time_interleaved(calls, args.rounds, args.warmup))
+            bar.update()
+        medians = np.array([[np.median(t) for t in rep] for rep in times])  # (repeat, model)
+        speedups = medians[:, :1] / medians  # each repeat's own ratios
         for i, (name, m) in enumerate(zip(names, macs)):
-            medians = [float(np.median(rep[i])) for rep in times]
-            mine = [r[i] for r in per_repeat]
             factor = macs[0] / m
-            realization = float(np.median(mine))
-            rows.append({"backend": backend, "model": name, "macs_G": m, "median_ms": float(np.median(medians)),
+            rows.append({"backend": backend, "model": name, "macs_G": m, "median_ms": float(np.median(medians[:, i])),
                          "min_ms": min(min(rep[i]) for rep in times), "max_ms": max(max(rep[i]) for rep in times),
-                         "speedup": realization * factor, "macs_factor": factor, "realization": realization,
-                         "realization_low": min(mine), "realization_high": max(mine),
-                         "repeat_medians_ms": " ".join(f"{v:.2f}" for v in medians)})  # fmt: skip
+                         "speedup": float(np.median(speedups[:, i])), "macs_factor": factor,
+                         "realization": float(np.median(speedups[:, i])) / factor,
+                         "realization_low": float(speedups[:, i].min()) / factor,
+                         "realization_high": float(speedups[:, i].max()) / factor,
+                         "repeat_medians_ms": " ".join(f"{v:.2f}" for v in medians[:, i])})  # fmt: skip
+    bar.close()
     write_csv(rows, out / "latency.csv")
     (out / "latency.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     plot_latency(rows, out / "latency.png")

@@ -156,13 +156,16 @@ class LatencyTable:
         ms, weights = self.layers.get(name, (0.0, 1))
         return ms * conv.weight.numel() / max(1, weights)
 
-    def save(self, file: str | Path) -> Path:
-        """Write the table as CSV, slowest layer first, with a last row for the fixed part and one for the total."""
+    def rows(self) -> list[dict]:
+        """The table as rows (`columns`), slowest layer first, then one for the fixed part and one for the total."""
         rows = [{"layer": n, "ms": ms, "weights": w, "share": ms / self.total_ms}
                 for n, (ms, w) in sorted(self.layers.items(), key=lambda kv: -kv[1][0])]  # fmt: skip
-        rows += [{"layer": "(fixed)", "ms": self.fixed_ms, "weights": 0, "share": self.fixed_ms / self.total_ms},
-                 {"layer": "(total)", "ms": self.total_ms, "weights": 0, "share": 1.0}]  # fmt: skip
-        return write_csv(rows, file)
+        return rows + [{"layer": "(fixed)", "ms": self.fixed_ms, "weights": 0, "share": self.fixed_ms / self.total_ms},
+                       {"layer": "(total)", "ms": self.total_ms, "weights": 0, "share": 1.0}]  # fmt: skip
+
+    def save(self, file: str | Path) -> Path:
+        """Write `rows` as CSV."""
+        return write_csv(self.rows(), file)
 
     @classmethod
     def load(cls, file: str | Path) -> LatencyTable:

@@ -18,7 +18,7 @@ from ultralytics_prune.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.latency_table import LatencyTable, channel_costs
 from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.plots import plot_latency_table
-from ultralytics_prune.report import count_macs_params, read_csv
+from ultralytics_prune.report import count_macs_params
 from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
 
@@ -143,15 +143,13 @@ class DepGraphPruner(PruneRun):
                 self._latency_table = LatencyTable.load(file)
             else:
                 model = self.model if not self.rows[1:] else self.input_model()
-                self._latency_table = LatencyTable.measure(model, self.args.imgsz, self.args.latency_backend)
-                self._latency_table.save(file)
+                table = self._latency_table = LatencyTable.measure(model, self.args.imgsz, self.args.latency_backend)
+                table.save(file)
                 if self.args.plots:
-                    plot_latency_table(read_csv(file), file.with_suffix(".png"), self.args.latency_backend)
-                top = ", ".join(f"{n} {ms:.2f}" for n, (ms, _) in sorted(self._latency_table.layers.items(),
-                                                                         key=lambda kv: -kv[1][0])[:3])  # fmt: skip
-                LOGGER.info(f"{self.prefix}latency table on {self.args.latency_backend}: "
-                            f"{self._latency_table.total_ms:.2f} ms, slowest layers {top} ms, "
-                            f"{self._latency_table.fixed_ms:.2f} ms in no layer; see {file}")  # fmt: skip
+                    plot_latency_table(table.rows(), file.with_suffix(".png"), self.args.latency_backend)
+                top = ", ".join(f"{r['layer']} {r['ms']:.2f}" for r in table.rows()[:3])
+                LOGGER.info(f"{self.prefix}latency table on {self.args.latency_backend}: {table.total_ms:.2f} ms, "
+                            f"slowest layers {top} ms, {table.fixed_ms:.2f} ms in no layer; see {file}")  # fmt: skip
         return self._latency_table
 
     def prune_to(self, ratio: float) -> dict:
