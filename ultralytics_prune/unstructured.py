@@ -19,7 +19,8 @@ from ultralytics_prune.weight_sparsity import prune_smallest_weights, zero_share
 
 class UnstructuredPruner(DepGraphPruner):
     """`yolo prune method=unstructured`: weight sparsity up to `rate` in `iterative_steps`, fine-tuned with the zeros
-    held, saved dense. The CSV gains `sparsity` (share of convolution weights at zero) and `dense_speedup`.
+    held, saved dense. The CSV gains `sparsity` (share of convolution weights at zero) and `dense_speedup` (timed on
+    `latency_backend` in turns with the unpruned model).
 
     Only `remove` (what a step removes), `measure` and `finish` differ from the structured recipe."""
 
@@ -33,10 +34,14 @@ class UnstructuredPruner(DepGraphPruner):
         return {"ratio": ratio, "removed": removed}
 
     def measure(self, model: nn.Module) -> dict:
-        """The usual columns, the share of zero weights and the speed-up a dense runtime realises from them."""
+        """The usual columns, the share of zero weights and the speed-up a dense runtime realises from them: `model`
+        timed on `latency_backend` in turns with the unpruned model (1 for the unpruned model itself)."""
         row = super().measure(model)
-        base = self.rows[0]["latency_ms"] if self.rows else row["latency_ms"]
-        return {**row, "sparsity": zero_share(model), "dense_speedup": base / row["latency_ms"]}
+        speedup = 1.0
+        if self.rows:
+            model_ms, reference_ms = self.latency_probe.measure(model)
+            speedup = reference_ms / model_ms
+        return {**row, "sparsity": zero_share(model), "dense_speedup": speedup}
 
     def finish(self):
         """Save, export and check as every run, then say what the sparsity bought and what would make it faster."""
@@ -45,8 +50,8 @@ class UnstructuredPruner(DepGraphPruner):
         LOGGER.warning(
             f"{self.prefix}method=unstructured: {last['sparsity']:.1%} of the convolution weights are zero, but the "
             f"model still computes {last['macs_G']:.3f} GMACs ({first['macs_G']:.3f} before) with "
-            f"{last['params_M']:.3f}M parameters: measured PyTorch CPU latency {first['latency_ms']:.2f} -> "
-            f"{last['latency_ms']:.2f} ms (x{last['dense_speedup']:.2f}). Dense runtimes (PyTorch, onnxruntime, "
+            f"{last['params_M']:.3f}M parameters, and runs at x{last['dense_speedup']:.2f} the speed of the unpruned "
+            f"model on {self.args.latency_backend} (measured in turns with it). Dense runtimes (PyTorch, onnxruntime, "
             f"TensorRT) multiply the zeros too; a speed-up needs sparse kernels (2:4 sparsity on recent NVIDIA GPUs, "
             f"a sparse CPU runtime) or structured pruning (method=structured, the default), which removes channels"
         )
