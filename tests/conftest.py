@@ -18,6 +18,15 @@ sys.path.insert(0, str(ROOT))  # `tools` is a folder of scripts, not part of the
 from tools.make_dataset import make_synthetic_dataset  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def latency_table_cache(tmp_path, monkeypatch) -> Path:
+    """Latency tables are cached in a folder of each test's own, never in the user's settings folder."""
+    from ultralytics_prune import latency_table
+
+    monkeypatch.setattr(latency_table, "CACHE_DIR", tmp_path / "latency_tables")
+    return tmp_path / "latency_tables"
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """data.yaml of a 3-class synthetic detection set: 32 train and 8 val images of 64 px."""

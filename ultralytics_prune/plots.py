@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,28 +189,40 @@ def plot_latency(rows: list[dict], file: str | Path) -> Path:
 
 @plt_settings()
 def plot_latency_table(rows: list[dict], file: str | Path, backend: str, top: int = 30) -> Path:
-    """Horizontal bars of the slowest convolutions' time, and of the fixed part no convolution owns.
+    """Horizontal bars of the slowest convolutions' time at full width and at the narrowest cut measured (what pruning
+    cannot take away), and of the fixed part no convolution owns.
 
     Args:
-        rows (list[dict]): `LatencyTable.save` rows: `layer`, `ms`, `share`, with the `(fixed)` and `(total)` rows.
+        rows (list[dict]): `LatencyTable.rows`: `layer`, `weights`, `ms`, `share`, one row per layer and width
+            measured, with the `(fixed)` and `(total)` rows.
         file (str | Path): PNG path to write.
         backend (str): Where the table was measured, for the title.
         top (int): How many of the slowest layers to show.
     """
     import matplotlib.pyplot as plt
 
-    layers = sorted((r for r in rows if not str(r["layer"]).startswith("(")), key=lambda r: -r["ms"])
+    points = defaultdict(list)
+    for r in rows:
+        if not str(r["layer"]).startswith("("):
+            points[r["layer"]].append(r)
+    full = {n: max(p, key=lambda r: r["weights"]) for n, p in points.items()}
+    narrow = {n: min(p, key=lambda r: r["weights"]) for n, p in points.items()}
     fixed = next(r for r in rows if r["layer"] == "(fixed)")
     total = next(r for r in rows if r["layer"] == "(total)")["ms"]
-    shown = [fixed, *layers[:top]]
-    fig, ax = plt.subplots(figsize=(9, 0.25 * len(shown) + 1.5), tight_layout=True)
-    ax.barh(range(len(shown)), [r["ms"] for r in shown], color=["tab:gray"] + ["tab:blue"] * (len(shown) - 1))
-    ax.set_yticks(range(len(shown)), ["no layer (decode, concat, reorders)"] + [r["layer"] for r in shown[1:]])
+    names = sorted(full, key=lambda n: -full[n]["ms"])[:top]
+    y = range(len(names) + 1)
+    fig, ax = plt.subplots(figsize=(9, 0.25 * len(y) + 1.8), tight_layout=True)
+    ax.barh(y, [fixed["ms"]] + [full[n]["ms"] for n in names], color=["tab:gray"] + ["tab:blue"] * len(names),
+            alpha=0.45, label="at full width")  # fmt: skip
+    ax.barh(list(y)[1:], [narrow[n]["ms"] for n in names], color="tab:blue",
+            label="at the narrowest cut measured (what pruning does not take away)")  # fmt: skip
+    ax.set_yticks(y, ["no layer (decode, concat, reorders)"] + names)
     ax.invert_yaxis()
-    for i, r in enumerate(shown):
+    for i, r in enumerate([fixed] + [full[n] for n in names]):
         ax.annotate(f" {100 * r['share']:.1f}%", (r["ms"], i), va="center", fontsize=8)
     ax.set_xlabel("ms per image")
-    ax.set_title(f"latency table on {backend}: {total:.2f} ms per image\n{len(layers)} convolutions take "
-                 f"{100 * (1 - fixed['share']):.0f}% of it; the slowest {min(top, len(layers))} shown")  # fmt: skip
+    ax.set_title(f"latency table on {backend}: {total:.2f} ms per image\n{len(full)} convolutions take "
+                 f"{100 * (1 - fixed['share']):.0f}% of it; the slowest {len(names)} shown")  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, file)

@@ -6,6 +6,8 @@ What is important (a torch-pruning importance criterion) is kept apart from how 
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch.nn as nn
 from ultralytics.utils import LOGGER
 
@@ -15,7 +17,7 @@ from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.latency_table import LatencyTable, channel_costs
+from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, channel_costs
 from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.plots import plot_latency_table
 from ultralytics_prune.report import count_macs_params
@@ -135,22 +137,49 @@ class DepGraphPruner(PruneRun):
 
     @property
     def latency_table(self) -> LatencyTable:
-        """The unpruned model's per-layer latency on `latency_backend`, measured once per run (`latency_table.csv`,
-        which a resumed run reads back, and its plot `latency_table.png`)."""
-        if not hasattr(self, "_latency_table"):
-            file = self.save_dir / "latency_table.csv"
-            if file.exists():
-                self._latency_table = LatencyTable.load(file)
-            else:
-                model = self.model if not self.rows[1:] else self.input_model()
-                table = self._latency_table = LatencyTable.measure(model, self.args.imgsz, self.args.latency_backend)
-                table.save(file)
-                if self.args.plots:
-                    plot_latency_table(table.rows(), file.with_suffix(".png"), self.args.latency_backend)
-                top = ", ".join(f"{r['layer']} {r['ms']:.2f}" for r in table.rows()[:3])
-                LOGGER.info(f"{self.prefix}latency table on {self.args.latency_backend}: {table.total_ms:.2f} ms, "
-                            f"slowest layers {top} ms, {table.fixed_ms:.2f} ms in no layer; see {file}")  # fmt: skip
-        return self._latency_table
+        """The unpruned model's per-layer latency on `latency_backend`, at full width and at the uniform cuts of
+        `SWEEP`: read back from this run's `latency_table.csv` on resume, else from the cache of earlier runs of the
+        same architecture, image size and backend on this machine, else measured (and cached). Written to the run
+        with its plot `latency_table.png`."""
+        if hasattr(self, "_latency_table"):
+            return self._latency_table
+        file, backend = self.save_dir / "latency_table.csv", self.args.latency_backend
+        if file.exists():
+            self._latency_table = LatencyTable.load(file)
+            return self._latency_table
+        model = self.model if not self.rows[1:] else self.input_model()
+        cached = cache_file(model, self.args.imgsz, backend)
+        table = None
+        if cached.exists():
+            try:
+                table = LatencyTable.load(cached)
+                LOGGER.info(f"{self.prefix}latency table on {backend} read from {cached} (an earlier run's, same "
+                            f"architecture and image size on this machine; delete it to measure again)")  # fmt: skip
+            except (OSError, ValueError, KeyError, StopIteration) as e:
+                LOGGER.warning(f"{self.prefix}cached latency table {cached} unreadable ({e}): measuring it again")
+        if table is None:
+            table = LatencyTable.measure([model, *self.uniform_cuts(model)], self.args.imgsz, backend)
+            table.save(cached)
+        self._latency_table = table
+        table.save(file)
+        if self.args.plots:
+            plot_latency_table(table.rows(), file.with_suffix(".png"), backend)
+        top = ", ".join(f"{n} {table.full_ms(n):.2f}" for n in sorted(table.layers, key=table.full_ms)[::-1][:3])
+        LOGGER.info(f"{self.prefix}latency table on {backend}: {table.total_ms:.2f} ms, slowest layers {top} ms, "
+                    f"{table.fixed_ms:.2f} ms in no layer; see {file}")  # fmt: skip
+        return table
+
+    def uniform_cuts(self, model: nn.Module) -> list[nn.Module]:
+        """Copies of `model` with every prunable layer cut to each narrower share of `SWEEP` (the latency table's
+        widths). Which channels go does not change the time, so the plain L2 criterion picks them."""
+        cuts = []
+        for keep in SWEEP[1:]:
+            cut = deepcopy(model)
+            held = held_layers(cut, hold_modules(cut, self.args.hold))
+            pruner = GroupPruner(cut, build_importance("l2"), held, max(64, self.args.imgsz))
+            pruner.prune([kept_width(w, 1 - keep, self.args.round_to) for w in pruner.widths()])
+            cuts.append(cut)
+        return cuts
 
     def prune_to(self, ratio: float) -> dict:
         """Remove channels so that every prunable layer keeps its share `1 - ratio` of its original width.
