@@ -171,12 +171,12 @@ class DepGraphPruner(PruneRun):
 
     def uniform_cuts(self, model: nn.Module) -> list[nn.Module]:
         """Copies of `model` with every prunable layer cut to each narrower share of `SWEEP` (the latency table's
-        widths). Which channels go does not change the time, so the plain L2 criterion picks them."""
+        widths). Which channels go does not change the time, so the plain L2 criterion picks them; `hold` is not
+        applied, so the table is of the architecture alone and serves every run of it (see `cache_file`)."""
         cuts = []
         for keep in SWEEP[1:]:
             cut = deepcopy(model)
-            held = held_layers(cut, hold_modules(cut, self.args.hold))
-            pruner = GroupPruner(cut, build_importance("l2"), held, max(64, self.args.imgsz))
+            pruner = GroupPruner(cut, build_importance("l2"), held_layers(cut), max(64, self.args.imgsz))
             pruner.prune([kept_width(w, 1 - keep, self.args.round_to) for w in pruner.widths()])
             cuts.append(cut)
         return cuts
