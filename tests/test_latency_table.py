@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from copy import deepcopy
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ultralytics_prune import pruner as pruner_module
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.graph import held_layers
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.latency_table import LatencyTable, cache_file, channel_costs, monotone
+from ultralytics_prune.latency_table import LatencyTable, cache_file, channel_costs, monotone, read_cached, write_cached
 from ultralytics_prune.pruner import DepGraphPruner
 from ultralytics_prune.report import read_csv
 
@@ -150,3 +151,22 @@ def test_cache_key_is_the_architecture_not_the_weights():
     assert cache_file(model, 64, "onnxruntime") != cache_file(model, 96, "onnxruntime")
     assert cache_file(model, 64, "onnxruntime") != cache_file(model, 64, "torch")
     assert cache_file(model, 64, "onnxruntime") != cache_file(half_cut(model), 64, "onnxruntime")
+
+
+def test_a_broken_cache_is_measured_again_not_fatal(tmp_path, logged):
+    """An unreadable cached table reads as none (one warning), and a cache folder that cannot be written costs only
+    the cache; a good one reads back."""
+    table = LatencyTable({"model.0.conv": [(216, 0.1), (432, 0.2)]}, 1.0)
+    good = tmp_path / "cache" / "good.csv"
+    write_cached(table, good)
+    assert read_cached(good).layers == table.layers
+    assert read_cached(tmp_path / "none.csv") is None
+    broken = tmp_path / "broken.csv"
+    broken.write_text("layer,ms\nmodel.0.conv,not a number\n")
+    blocked = tmp_path / "a file" / "table.csv"
+    (tmp_path / "a file").write_text("")
+    with logged(logging.WARNING) as lines:
+        assert read_cached(broken) is None
+        write_cached(table, blocked)
+    assert any("unreadable" in line and str(broken) in line for line in lines)
+    assert any("not cached" in line for line in lines)

@@ -48,10 +48,15 @@ def time_interleaved(
     return times
 
 
+def fused_copy(model: nn.Module, device: str = "cpu") -> nn.Module:
+    """An FP32 eval copy of `model` on `device`, BatchNorms folded as Ultralytics does before every prediction."""
+    probe = deepcopy(model).float().to(device).eval()
+    return probe.fuse() if hasattr(probe, "fuse") else probe
+
+
 def torch_runner(model: nn.Module, imgsz: int, device: str = "cpu") -> Callable[[], object]:
     """A call that runs a fused FP32 copy of `model` on one zero image (eval, inference mode) on `device`."""
-    probe = deepcopy(model).float().to(device).eval()
-    probe = probe.fuse() if hasattr(probe, "fuse") else probe
+    probe = fused_copy(model, device)
     x = torch.zeros(1, 3, imgsz, imgsz, device=device)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 

@@ -32,7 +32,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from copy import deepcopy
 from functools import partial
 from pathlib import Path
 
@@ -41,10 +40,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from ultralytics.nn.modules.conv import Conv
-from ultralytics.utils import USER_CONFIG_DIR
+from ultralytics.utils import LOGGER, USER_CONFIG_DIR
 
 from ultralytics_prune.graph import is_out_channels
-from ultralytics_prune.latency import time_interleaved
+from ultralytics_prune.latency import fused_copy, time_interleaved
 from ultralytics_prune.latency_target import exported
 from ultralytics_prune.report import read_csv, write_csv
 
@@ -131,8 +130,7 @@ def torch_layer_times(
         return before, after
 
     for model in models:
-        probe = deepcopy(model).float().to(device).eval()
-        probe = probe.fuse() if hasattr(probe, "fuse") else probe
+        probe = fused_copy(model, device)
         started, times = {}, defaultdict(list)
         for name, owner in conv_owners(probe).items():
             before, after = timer(started, times, name)
@@ -190,6 +188,26 @@ def cache_file(model: nn.Module, imgsz: int, backend: str) -> Path:
     key = {"sweep": SWEEP, "imgsz": imgsz, "backend": backend, "machine": machine_signature(backend), "convs": convs}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return CACHE_DIR / f"{backend}-{imgsz}-{digest}.csv"
+
+
+def read_cached(file: Path) -> LatencyTable | None:
+    """The table cached in `file`; None when there is none, or when it cannot be read (a warning says so, and the
+    caller measures it again)."""
+    if not file.exists():
+        return None
+    try:
+        return LatencyTable.load(file)
+    except (OSError, ValueError, KeyError, StopIteration) as e:
+        LOGGER.warning(f"cached latency table {file} unreadable ({type(e).__name__}: {e}): measuring it again")
+        return None
+
+
+def write_cached(table: LatencyTable, file: Path) -> None:
+    """Cache `table` in `file` for later runs; a folder that cannot be written costs only that (a warning says so)."""
+    try:
+        table.save(file)
+    except OSError as e:
+        LOGGER.warning(f"latency table not cached ({e}): later runs will measure it again")
 
 
 class LatencyTable:

@@ -17,7 +17,7 @@ from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, channel_costs
+from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, channel_costs, read_cached, write_cached
 from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.plots import plot_latency_table
 from ultralytics_prune.report import count_macs_params
@@ -149,17 +149,12 @@ class DepGraphPruner(PruneRun):
             return self._latency_table
         model = self.model if not self.rows[1:] else self.input_model()
         cached = cache_file(model, self.args.imgsz, backend)
-        table = None
-        if cached.exists():
-            try:
-                table = LatencyTable.load(cached)
-                LOGGER.info(f"{self.prefix}latency table on {backend} read from {cached} (an earlier run's, same "
-                            f"architecture and image size on this machine; delete it to measure again)")  # fmt: skip
-            except (OSError, ValueError, KeyError, StopIteration) as e:
-                LOGGER.warning(f"{self.prefix}cached latency table {cached} unreadable ({e}): measuring it again")
-        if table is None:
+        if (table := read_cached(cached)) is not None:
+            LOGGER.info(f"{self.prefix}latency table on {backend} read from {cached} (an earlier run's, same "
+                        f"architecture and image size on this machine; delete it to measure again)")  # fmt: skip
+        else:
             table = LatencyTable.measure([model, *self.uniform_cuts(model)], self.args.imgsz, backend)
-            table.save(cached)
+            write_cached(table, cached)
         self._latency_table = table
         table.save(file)
         if self.args.plots:
