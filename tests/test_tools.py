@@ -1,8 +1,10 @@
-"""Tests for tools/make_dataset.py (synthetic YOLO set) and tools/voc2yolo.py (Pascal VOC -> YOLO). CPU, fast."""
+"""Tests for tools/make_dataset.py (synthetic YOLO set), tools/voc2yolo.py (Pascal VOC -> YOLO) and tools/benchmark.py
+(the continue control, the convergence check, seeds). CPU, fast."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -379,3 +381,121 @@ def test_voc2yolo_cli(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out.resolve() / "data.yaml")
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "cat", 1: "dog"}
     assert voc2yolo.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+# tools/benchmark.py: the continue control, vs_continue, the convergence check, seeds ----------------------------------
+def _parent(root: Path, data: Path, curve: list[float] | None) -> Path:
+    """An untrained yolov8n saved as `<root>/weights/best.pt`, with a fake results.csv of mAP50-95 `curve` beside."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ultralytics_prune.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False), root / "weights" / "best.pt",
+                           train_args={"data": str(data), "imgsz": 64, "task": "detect"})  # fmt: skip
+    if curve is not None:
+        lines = ["epoch,metrics/mAP50(B),metrics/mAP50-95(B)"]
+        lines += [f"{i + 1},{min(1.0, v + 0.2):.5f},{v:.5f}" for i, v in enumerate(curve)]
+        (root / "results.csv").write_text("\n".join(lines) + "\n")
+    return ckpt
+
+
+def test_benchmark_continue_row_and_convergence_check(synthetic_data, tmp_path):
+    """base,continue,prune: the continue row is the parent trained without a cut, vs_continue reads every row against
+    it, and a parent still rising over its last 20 % of epochs is called out on top of the table."""
+    from tools.benchmark import COLUMNS, CONVERGENCE_RISE
+    from tools.benchmark import main as benchmark_main
+
+    from ultralytics_prune.report import read_csv
+
+    rising = [0.1 + 0.01 * i for i in range(10)]  # epochs 9-10 best 0.19, epochs 1-8 best 0.17: +2 points
+    parent = _parent(tmp_path / "rising", synthetic_data, rising)
+    out = tmp_path / "bench"
+    code = benchmark_main(["--data", str(synthetic_data), "--model", str(parent), "--imgsz", "64", "--epochs", "1",
+                           "--steps", "1", "--rate", "0.5", "--rows", "base,continue,prune",
+                           "--out", str(out)])  # fmt: skip
+    assert code == 0
+    with open(out / "benchmark.csv") as f:
+        assert f.readline().strip().split(",") == list(COLUMNS)
+    base, cont, pruned = read_csv(out / "benchmark.csv")
+    assert [base["row"], cont["row"], pruned["row"]] == ["base", "continue", "prune"]
+    assert cont["train_epochs"] == pruned["train_epochs"] == 1 and cont["error"] == pruned["error"] == ""
+    assert cont["params_M"] == base["params_M"] and cont["macs_G"] == base["macs_G"], "continue cuts nothing"
+    assert pruned["params_M"] < 0.8 * base["params_M"]
+    assert cont["vs_continue"] == 0
+    for r in (base, pruned):
+        assert r["vs_continue"] == pytest.approx(r["task_mAP50-95"] - cont["task_mAP50-95"], abs=2e-6)
+    steps = read_csv(out / "continue" / "continue_results.csv")  # the pruning loop's own run, with nothing removed
+    assert [s["step"] for s in steps] == [0, 1] and all(s["removed"] == 0 for s in steps)
+    assert steps[1]["params_M"] == steps[0]["params_M"]
+    assert (out / "continue" / "step1" / "results.csv").is_file(), "fine-tuned by the loop's trainer"
+
+    report = json.loads((out / "benchmark.json").read_text())
+    verdict = report["convergence"]
+    assert verdict["converged"] is False and verdict["column"] == "metrics/mAP50-95(B)"
+    assert verdict["tail_epochs"] == 2 and verdict["rise"] == pytest.approx(0.02) and 0.02 > CONVERGENCE_RISE
+    assert [(r["row"], r["seed"]) for r in report["runs"]] == [("base", None), ("continue", 0), ("prune", 0)]
+    md = (out / "benchmark.md").read_text()
+    assert md.splitlines()[0] == verdict["message"] and "NOT converged" in md.splitlines()[0]
+    assert "| row | seeds |" in md and "| continue | 1 |" in md
+
+
+def test_benchmark_flat_parent_and_no_continue_row(synthetic_data, tmp_path):
+    """A parent flat over its last 20 % of epochs is converged; without a continue row vs_continue stays empty."""
+    from tools.benchmark import main as benchmark_main
+
+    from ultralytics_prune.report import read_csv
+
+    flat = [0.1 + 0.01 * i for i in range(8)] + [0.175, 0.172]  # last 2 best 0.175, before 0.17: +0.5 points
+    parent = _parent(tmp_path / "flat", synthetic_data, flat)
+    out = tmp_path / "bench"
+    assert benchmark_main(["--data", str(synthetic_data), "--model", str(parent), "--imgsz", "64", "--rows", "base",
+                           "--out", str(out)]) == 0  # fmt: skip
+    (base,) = read_csv(out / "benchmark.csv")
+    assert base["vs_continue"] == "" and base["error"] == ""
+    verdict = json.loads((out / "benchmark.json").read_text())["convergence"]
+    assert verdict["converged"] is True and verdict["rise"] == pytest.approx(0.005)
+    first = (out / "benchmark.md").read_text().splitlines()[0]
+    assert first.startswith("parent converged") and "NOT" not in first
+
+
+def test_benchmark_convergence_unknown_without_results_csv(tmp_path):
+    from tools.benchmark import parent_convergence
+
+    (tmp_path / "weights").mkdir()
+    verdict = parent_convergence(tmp_path / "weights" / "best.pt")
+    assert verdict["converged"] is None and "no results.csv" in verdict["message"]
+    assert verdict["results_csv"] == str((tmp_path / "results.csv").resolve())
+
+
+def test_benchmark_seeds_mean_spread_and_paired_vs_continue():
+    """Every seed's row is read against the same seed's continue row; the table gives mean and max - min spread."""
+    from tools.benchmark import METRIC, SPREAD, add_vs_continue, summarize
+
+    runs = [{"row": "base", "seed": None, "train_epochs": 0, "error": "", METRIC: 0.50}]
+    for seed, (cont, pruned) in enumerate([(0.52, 0.50), (0.56, 0.51), (0.54, 0.0)]):
+        runs.append({"row": "continue", "seed": seed, "train_epochs": 4, "error": "", METRIC: cont})
+        error = "RuntimeError: boom" if seed == 2 else ""
+        measured = {} if error else {METRIC: pruned}
+        runs.append({"row": "prune", "seed": seed, "train_epochs": 4, "error": error, **measured})
+    add_vs_continue(runs)
+    assert [round(r.get("vs_continue", -1), 6) for r in runs] == [-0.04, 0, -0.02, 0, -0.05, 0, -1]
+    base, cont, pruned = summarize(runs)
+    assert SPREAD == (METRIC, "vs_continue")
+    assert base["seeds"] == 1 and base[f"{METRIC}_spread"] == 0 and base["vs_continue"] == pytest.approx(-0.04)
+    assert cont["seeds"] == 3 and cont[METRIC] == pytest.approx(0.54)
+    assert cont[f"{METRIC}_spread"] == pytest.approx(0.04)
+    assert pruned["seeds"] == 2 and pruned[METRIC] == pytest.approx(0.505)
+    assert pruned["vs_continue"] == pytest.approx(-0.035) and pruned["vs_continue_spread"] == pytest.approx(0.03)
+    assert pruned["error"] == "seed 2: RuntimeError: boom"
+
+
+@pytest.mark.parametrize("bad, message", [(["--seeds", "0"], "--seeds 0: give at least 1"),
+                                          (["--rows", "base,cont"], "--rows: unknown rows ['cont'], choose from")])
+def test_benchmark_bad_options_one_line(bad, message, capsys):
+    from tools.benchmark import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d.yaml", "--model", "m.pt", *bad])
+    assert message in capsys.readouterr().err.splitlines()[-1]
