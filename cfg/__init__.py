@@ -21,7 +21,7 @@ PRUNE_CFG_PATH = Path(__file__).with_name("default.yaml")
 PRUNE_DEFAULTS: dict[str, Any] = YAML.load(PRUNE_CFG_PATH)
 DEFAULT_PRUNE_CFG_DICT: dict[str, Any] = {**DEFAULT_CFG_DICT, **PRUNE_DEFAULTS}
 
-IMPORTANCES = ("l1", "l2", "bn", "lamp", "taylor", "random")
+IMPORTANCES = ("l1", "l2", "bn", "lamp", "taylor", "hessian", "random")
 LATENCY_BACKENDS = ("onnxruntime", "torch", "cuda", "tensorrt")
 _NUMBER = (int, float)
 # key -> (accepted types, range check, what a valid value is)
@@ -42,6 +42,8 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "speedup_by": ((str,), lambda v: v in ("macs", "latency"), "'macs' or 'latency'"),
     "target_latency": (_NUMBER, lambda v: v >= 0, "milliseconds >= 0, e.g. 'target_latency=20'"),
     "latency_backend": ((str,), lambda v: v in LATENCY_BACKENDS, "'onnxruntime', 'torch', 'cuda' or 'tensorrt'"),
+    "sparse_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'sparse_epochs=3'"),
+    "sparse_reg": (_NUMBER, lambda v: v > 0, "a number > 0, e.g. 'sparse_reg=0.01'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
@@ -135,6 +137,8 @@ def get_prune_cfg(
         if asked:
             raise UserError(f"'{asked[0]}' does not apply to 'method=unstructured' (it zeroes weights, the MACs stay): "
                             f"use 'rate'")  # fmt: skip
+    if args.get("sparse_epochs") and (args.get("mode") == "slim" or args.get("method") == "unstructured"):
+        raise UserError("'sparse_epochs' trains toward a structured cut of 'yolo prune': use 'method=structured'")
     if args.get("attention") == "prune" and args.get("mode") == "slim":
         raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})

@@ -7,12 +7,13 @@ before any fine-tuning.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 from ultralytics.data import build_dataloader, build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
+from ultralytics.utils import IterableSimpleNamespace
 
 
 def training_batches(args, images: int) -> Iterator[dict]:
@@ -33,10 +34,17 @@ def training_batches(args, images: int) -> Iterator[dict]:
         yield batch
 
 
-def loss_gradients(model: nn.Module, args, images: int = 64) -> None:
+def loss_gradients(model: nn.Module, args, images: int = 64, each_batch: Callable[[], None] | None = None) -> None:
     """Fill the parameter gradients of `model` with the detection loss of a few training batches (for Taylor).
 
     The loss needs `model.args`; it is set for the call and put back, so nothing of it reaches a checkpoint.
+
+    Args:
+        model (nn.Module): The model; its `.grad` are overwritten.
+        args: Ultralytics args (see `training_batches`).
+        images (int): How many training images the loss is taken over.
+        each_batch (Callable, optional): Called after each batch's backward pass with that batch's gradients alone
+            in `.grad` (they are zeroed before each batch); without it the gradients sum over all batches.
     """
     device = next(model.parameters()).device
     saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
@@ -47,12 +55,38 @@ def loss_gradients(model: nn.Module, args, images: int = 64) -> None:
         for batch in training_batches(args, images):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             batch["img"] = batch["img"].float() / 255
+            if each_batch is not None:
+                model.zero_grad()
             loss, _ = model.loss(batch)
             loss.sum().backward()
+            if each_batch is not None:
+                each_batch()
     finally:
         for k in ("args", "criterion"):
             model.__dict__.pop(k, None)
         model.__dict__.update(saved)
+
+
+def squared_gradients(model: nn.Module, args, images: int = 64) -> None:
+    """Fill the parameter gradients of `model` with the mean squared per-image loss gradient (for `hessian`).
+
+    The mean of g * g over single images is the empirical Fisher information, the diagonal Hessian estimate of
+    Optimal Brain Damage that torch-pruning's `GroupHessianImportance` reads from `.grad` (its own accumulator in
+    1.6.x keeps only the last call's gradient, so it is not used). One backward pass per image.
+    """
+    squares: dict[nn.Parameter, torch.Tensor] = {}
+    counts = [0]
+
+    def accumulate() -> None:
+        counts[0] += 1
+        for p in model.parameters():
+            if p.grad is not None:
+                square = p.grad.detach() ** 2
+                squares[p] = squares[p] + square if p in squares else square
+
+    loss_gradients(model, IterableSimpleNamespace(**{**vars(args), "batch": 1}), images, each_batch=accumulate)
+    for p in model.parameters():
+        p.grad = squares[p] / counts[0] if p in squares else None
 
 
 def training_images(args, images: int) -> Iterator[torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
@@ -246,7 +246,7 @@ class PruneRun:
         return {**{f"{k}_pre": v for k, v in pre.items()}, **{f"{k}_post": v for k, v in (post or pre).items()}}
 
     # fine-tuning ------------------------------------------------------------------------------------------------------
-    def finetune(self, model: nn.Module, step_dir: Path, epochs: int) -> bool:
+    def finetune(self, model: nn.Module, step_dir: Path, epochs: int, setup: Callable | None = None) -> bool:
         """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
 
         A fine-tune that diverges (Ultralytics gives up on a NaN loss, or its best weights are not finite) leaves
@@ -255,6 +255,8 @@ class PruneRun:
         The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
         With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): Ultralytics
         wraps the student in its `DistillationModel`; only the student's weights come back.
+        `setup(trainer)`, when given, is called before training: a recipe's addition to this fine-tune (e.g.
+        `group_sparsity.GroupSparsity.attach`).
         """
         source = save_checkpoint(model, step_dir / "weights" / "start.pt", train_args=vars(ultralytics_args(self.args)))
         overrides = {
@@ -272,6 +274,8 @@ class PruneRun:
         }
         trainer = PRUNED_TRAINERS[self.task.name](overrides=overrides)
         trainer.state_file = step_dir / "weights" / RESUME_STATE
+        if setup is not None:
+            setup(trainer)
         if self.resuming and trainer.state_file.exists():  # killed inside this fine-tune: go on from its last epoch
             trainer.continue_from = trainer.state_file
         poisoned_best = []  # Ultralytics writes NaN weights as zeros (nan_to_num), so look before it saves

@@ -6,11 +6,13 @@ the caller's (see `widths`); `GroupPruner` removes the lowest-scored ones on the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ultralytics_prune.graph import build_graph, prunable_groups
+from ultralytics_prune.graph import build_graph, is_out_channels, prunable_groups
 
 
 def build_importance(name: str) -> tp.importance.Importance:
@@ -22,6 +24,7 @@ def build_importance(name: str) -> tp.importance.Importance:
         "bn": lambda: imp.BNScaleImportance(),
         "lamp": lambda: imp.LAMPImportance(p=2),
         "taylor": lambda: imp.GroupTaylorImportance(),
+        "hessian": lambda: imp.GroupHessianImportance(),  # reads E[g^2] from .grad: see calibrate.squared_gradients
         "random": lambda: imp.RandomImportance(),
     }[name]()
 
@@ -57,11 +60,30 @@ class GroupPruner:
         """The current width of every scored group."""
         return [len(s) for s in self.scores]
 
-    def prune(self, widths: list[int]) -> None:
-        """Remove the lowest-scored channels of each group down to `widths` (same order as `names`)."""
-        for group, score, width in zip(self.groups, self.scores, widths):
-            n = len(score) - width
-            if n > 0:
-                idxs = torch.argsort(score, stable=True)[:n].tolist()
-                root = group[0].dep.target.module
-                self.graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs).prune()
+    def prune(self, widths: list[int]) -> list[int]:
+        """Remove the lowest-scored channels of each group down to `widths` (same order as `names`); returns the widths
+        kept."""
+        cuts = self.choose(widths)
+        self.remove(cuts)
+        return [len(score) - len(idxs) for score, idxs in zip(self.scores, cuts)]
+
+    def choose(self, widths: list[int]) -> list[list[int]]:
+        """Which channels `prune(widths)` removes, without removing them: the lowest-scored root channel indices of
+        every group (same order as `names`; empty where a group keeps all)."""
+        return [torch.argsort(score, stable=True)[: max(0, len(score) - w)].tolist()
+                for score, w in zip(self.scores, widths)]  # fmt: skip
+
+    def remove(self, cuts: list[list[int]]) -> None:
+        """Remove the root channels `cuts` of every group (from `choose`, on the model as it was scored)."""
+        for group, idxs in zip(self.groups, cuts):
+            if idxs:
+                self.graph.get_pruning_group(group[0].dep.target.module, tp.prune_conv_out_channels, idxs).prune()
+
+    def touched(self, cuts: list[list[int]]) -> Iterator[tuple[nn.Module, bool, list[int]]]:
+        """Every layer slice that removing `cuts` takes away: (layer, True when the indices are its output channels
+        and False for input channels, the indices in that layer). Nothing is removed."""
+        for group, idxs in zip(self.groups, cuts):
+            if idxs:
+                cut = self.graph.get_pruning_group(group[0].dep.target.module, tp.prune_conv_out_channels, idxs)
+                for item in cut.items:
+                    yield item.dep.target.module, is_out_channels(self.graph, item), list(item.idxs)

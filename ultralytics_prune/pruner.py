@@ -12,11 +12,12 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER
 
 from ultralytics_prune.attention import PrunableAttention, prune_attention
-from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, training_images
+from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, squared_gradients, training_images
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.group_sparsity import WEAK_LEFT, GroupSparsity, channel_masks, masked_norm, masks_as_saved
 from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, channel_costs, read_cached, write_cached
 from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.plots import plot_latency_table
@@ -55,6 +56,10 @@ class DepGraphPruner(PruneRun):
         return self.args.iterative_steps
 
     def remove(self, step: int) -> dict:
+        """This step's cut (see `cut`); with `sparse_epochs`, made after training its channels toward zero."""
+        return self.sparse_cut(step) if self.args.sparse_epochs else self.cut(step)
+
+    def cut(self, step: int) -> dict:
         """Remove channels up to this step's cumulative ratio, or down to this step's latency or MACs goal.
 
         Goals are spaced geometrically: step s of n aims at base * (goal / base) ** (s / n).
@@ -93,6 +98,8 @@ class DepGraphPruner(PruneRun):
             model_ms, reference_ms = self.__dict__.pop("_cut_latency", None) or self.latency_probe.measure(model)
             row[self.latency_column] = model_ms
             row[f"{self.args.latency_backend}_speedup"] = reference_ms / model_ms
+        if self.args.sparse_epochs:  # the step's share of the removed channels' norm left at the cut (row 0: none)
+            row["sparse_left"] = self.__dict__.pop("_sparse_left", float("nan"))
         return row
 
     def latency_goal(self) -> float | None:
@@ -183,9 +190,19 @@ class DepGraphPruner(PruneRun):
         `latency_aware` that ranking is of importance per millisecond (see `latency_table`).
         Returns the row entries: `ratio` asked and `removed`, the share of prunable channels really removed.
         """
+        pruner = self.scored_pruner()
+        return self.after_cut(pruner, pruner.prune(self.widths_at(pruner, ratio)), ratio)
+
+    def scored_pruner(self) -> GroupPruner:
+        """The group pruner of `self.model`, scored; the gradients a criterion reads (taylor, hessian) filled first."""
         if self.args.importance == "taylor":
             loss_gradients(self.model, ultralytics_args(self.args))
-        pruner = self.make_pruner(self.model)
+        elif self.args.importance == "hessian":
+            squared_gradients(self.model, ultralytics_args(self.args))
+        return self.make_pruner(self.model)
+
+    def widths_at(self, pruner: GroupPruner, ratio: float) -> list[int]:
+        """The width each group of `pruner` keeps when the run as a whole is at `ratio` (see `prune_to`)."""
         originals = [self.original_widths[name] for name in pruner.names]
         if self.args.latency_aware:
             costs = channel_costs(self.latency_table, self.model, pruner.graph, pruner.groups)
@@ -196,13 +213,45 @@ class DepGraphPruner(PruneRun):
         else:
             ratios = [self.layer_ratio(name, ratio) for name in pruner.names]
             widths = [kept_width(o, r, self.args.round_to, c) for o, r, c in zip(originals, ratios, pruner.widths())]
-        pruner.prune(widths)
+        return widths
+
+    def after_cut(self, pruner: GroupPruner, widths: list[int], ratio: float) -> dict:
+        """Cut the attention heads too (`attention=prune`), drop the gradients; the row entries of `prune_to`."""
+        originals = [self.original_widths[name] for name in pruner.names]
         if self.args.attention == "prune":
             for attn in (m for m in self.model.modules() if isinstance(m, PrunableAttention)):
                 prune_attention(attn, ratio, self.args.round_to)
         self.model.zero_grad(set_to_none=True)
         removed = 1 - sum(widths) / max(1, sum(originals))
         return {"ratio": ratio, "removed": removed}
+
+    def sparse_cut(self, step: int) -> dict:
+        """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero.
+
+        The cut is first made on a copy (any goal: rate, MACs, latency), which gives the width of every group; the
+        channels each group then loses are chosen on the model by the run's criterion, trained toward zero with the
+        growing L2 penalty of `group_sparsity` (through the same fine-tune as after a cut, in `step<n>/sparse`), and
+        removed. How much of their norm is left at the cut goes to the log and to the CSV column `sparse_left`.
+        """
+        model = self.model
+        self.model = deepcopy(model)
+        try:
+            done = self.cut(step)
+            target = {name: m.out_channels for name, m in self.model.named_modules() if isinstance(m, nn.Conv2d)}
+        finally:
+            self.model = model
+        pruner = self.scored_pruner()
+        cuts = pruner.choose([target[name] for name in pruner.names])
+        masks = channel_masks(model, pruner.touched(cuts))
+        penalty = GroupSparsity(masks_as_saved(model, masks), self.args.sparse_reg, self.args.nbs)
+        before = masked_norm(model, masks)
+        self.finetune(model, self.save_dir / f"step{step}" / "sparse", self.args.sparse_epochs, setup=penalty.attach)
+        left = self._sparse_left = masked_norm(model, masks) / max(before, 1e-12)
+        hint = "; a larger sparse_reg or sparse_epochs drives them further" if left > WEAK_LEFT else ""
+        LOGGER.info(f"{self.prefix}step {step}: {left:.1%} of the removed channels' norm left after "
+                    f"sparse_epochs={self.args.sparse_epochs} at sparse_reg={self.args.sparse_reg:g}{hint}")  # fmt: skip
+        pruner.remove(cuts)
+        return self.after_cut(pruner, [len(s) - len(c) for s, c in zip(pruner.scores, cuts)], done["ratio"])
 
     def make_pruner(self, model: nn.Module) -> GroupPruner:
         """The group pruner of `model` with this run's criterion and held layers."""

@@ -1,0 +1,153 @@
+"""Cuts that do not damage: sparse training toward the cut (`sparse_epochs`, `sparse_reg`) and `importance=hessian`.
+
+CPU only: yolov8n built from yaml (untrained, saved as a checkpoint) on the synthetic 64 px set of conftest.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel
+
+from ultralytics_prune import UserError
+from ultralytics_prune.calibrate import squared_gradients
+from ultralytics_prune.cfg import IMPORTANCES, PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides, ultralytics_args
+from ultralytics_prune.checkpoint import load_model, save_checkpoint
+from ultralytics_prune.graph import held_layers
+from ultralytics_prune.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.group_sparsity import GroupSparsity, channel_masks, masked_norm, masks_as_saved
+from ultralytics_prune.patches.blocks import replace_blocks
+from ultralytics_prune.pruner import DepGraphPruner
+
+FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", onnx=False, max_map_drop=1.0)
+
+
+def yolov8n() -> DetectionModel:
+    """Untrained yolov8n for the 3 classes of the synthetic set, block twins swapped in (as a run prunes it)."""
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    replace_blocks(model)
+    return model
+
+
+def half_cut(model: DetectionModel) -> tuple[GroupPruner, list[list[int]]]:
+    """The l2 pruner of `model` and the channels it removes to keep half of every group."""
+    pruner = GroupPruner(model, build_importance("l2"), held_layers(model), 64)
+    return pruner, pruner.choose([w // 2 for w in pruner.widths()])
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory) -> Path:
+    """An untrained yolov8n saved as a checkpoint (the run's input)."""
+    return save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False), tmp_path_factory.mktemp("p") / "v8n.pt")
+
+
+def run_prune(data: Path, model: Path, project: Path, **kw) -> Path:
+    """`yolo prune` as the CLI makes it; returns the run folder."""
+    overrides = {"data": str(data), "model": str(model), "project": str(project), "name": "exp", **FAST, **kw}
+    run = DepGraphPruner(get_prune_cfg(overrides={**recipe_overrides(overrides), "mode": "prune"}))
+    run()
+    return run.save_dir
+
+
+def read_csv_rows(file: Path) -> list[dict]:
+    with open(file, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the penalty
+
+
+def test_penalty_touches_only_removed_channels():
+    """The hook adds strength * w where a cut removes (root rows, BatchNorm weight and bias, consumers' input
+    columns) and leaves every other gradient entry bit for bit."""
+    model = yolov8n()
+    pruner, cuts = half_cut(model)
+    masks = channel_masks(model, pruner.touched(cuts))
+    root = pruner.groups[0][0].dep.target.module
+    root_name = next(n for n, m in model.named_modules() if m is root)
+    rows = masks[f"{root_name}.weight"].flatten(1).amin(1)  # whole rows: output channels (columns: its inputs)
+    assert rows.nonzero().flatten().tolist() == sorted(cuts[0])  # exactly the chosen rows of the root
+    bn_name = root_name.removesuffix(".conv") + ".bn"
+    assert masks[f"{bn_name}.weight"].tolist() == masks[f"{bn_name}.bias"].tolist() == rows.tolist()
+    columns = [m for n, m in masks.items() if m.dim() == 4 and m.amax((0, 2, 3)).sum() < m.shape[1]
+               and m.amax((1, 2, 3)).all()]  # fmt: skip
+    assert columns, "no consumer's input columns are penalized"
+
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    penalty = GroupSparsity(masks, reg=0.01, nbs=64)
+    penalty.bind(model)
+    penalty.grow(epoch=1, epochs=2)  # full strength at the last epoch
+    assert penalty.strength == pytest.approx(0.01 * 64)
+    penalty.penalize()
+    for name, p in model.named_parameters():
+        mask = masks.get(name, torch.zeros_like(p))
+        changed = p.grad != before[name]
+        assert not changed[mask == 0].any(), f"{name}: a kept channel's gradient changed"
+        expected = before[name] + penalty.strength * p.detach() * mask
+        assert torch.allclose(p.grad, expected), name
+
+
+def test_masks_follow_the_checkpoint_the_trainer_loads(tmp_path):
+    """The trainer trains what `save_checkpoint` wrote (which may hold other modules than the run's twins): the
+    masks renamed for it cover the same parameter entries and the same norm."""
+    model = yolov8n()
+    pruner, cuts = half_cut(model)
+    masks = channel_masks(model, pruner.touched(cuts))
+    saved = masks_as_saved(model, masks)
+    loaded = load_model(save_checkpoint(model, tmp_path / "start.pt"))
+    params = dict(loaded.named_parameters())
+    assert all(saved[n].shape == params[n].shape for n in saved)
+    assert sum(float(m.sum()) for m in saved.values()) == sum(float(m.sum()) for m in masks.values())
+    assert masked_norm(loaded, saved) == pytest.approx(masked_norm(model, masks), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_sparse_epochs_end_to_end(synthetic_data, parent, tmp_path):
+    """`yolo prune sparse_epochs=2 epochs=1`: the removed channels' norm shrank before the cut (CSV `sparse_left`)."""
+    run = run_prune(synthetic_data, parent, tmp_path, rate=0.25, iterative_steps=1, epochs=1, sparse_epochs=2,
+                    sparse_reg=1.0, nbs=16)  # fmt: skip
+    rows = read_csv_rows(run / "prune_results.csv")
+    assert math.isnan(float(rows[0]["sparse_left"]))  # the unpruned row: no cut
+    left = float(rows[1]["sparse_left"])
+    assert 0 <= left < 0.9, left
+    assert (run / "step1" / "sparse" / "weights" / "best.pt").is_file()
+    assert float(rows[1]["removed"]) > 0.15
+
+
+def test_hessian_end_to_end(synthetic_data, parent, tmp_path):
+    """`importance=hessian` prunes: its criterion reads mean squared per-image gradients, and the run cuts."""
+    model = yolov8n()
+    args = ultralytics_args(get_prune_cfg(overrides={"data": str(synthetic_data), **FAST}))
+    squared_gradients(model, args, images=4)
+    assert all(p.grad is None or (p.grad >= 0).all() for p in model.parameters())
+    scores = GroupPruner(model, build_importance("hessian"), held_layers(model), 64).scores
+    assert scores and all(torch.isfinite(s).all() for s in scores) and any(s.max() > 0 for s in scores)
+
+    run = run_prune(synthetic_data, parent, tmp_path, rate=0.25, iterative_steps=1, epochs=0, importance="hessian")
+    rows = read_csv_rows(run / "prune_results.csv")
+    assert float(rows[1]["removed"]) > 0.15 and float(rows[1]["macs_G"]) < float(rows[0]["macs_G"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# keys
+
+
+def test_keys_and_their_mistakes():
+    assert "hessian" in IMPORTANCES
+    assert PRUNE_DEFAULTS["sparse_epochs"] == 0 and PRUNE_DEFAULTS["sparse_reg"] > 0
+    for bad in ({"sparse_epochs": -1}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
+                {"sparse_epochs": 2, "method": "unstructured"}):  # fmt: skip
+        with pytest.raises(UserError) as e:
+            get_prune_cfg(overrides={**bad, "mode": "prune"})
+        assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)

@@ -1,0 +1,153 @@
+"""Sparse training before a cut (`sparse_epochs`, `sparse_reg`): drive the channels a cut will remove toward zero.
+
+The DepGraph paper (Fang et al. 2023) trains with a group-level penalty before pruning so that whole groups of
+coupled channels become unimportant and the cut removes what no longer matters. Here the channels are already
+chosen (the step's cut, planned on the dependency graph but not made), so the penalty falls on exactly those
+channels, in every layer of their group: the producing convolutions' rows (and biases), the BatchNorm weights and
+biases, and the consumers' input columns. It is the growing L2 penalty of growing regularization (Wang et al. 2021,
+torch-pruning's `GrowingRegPruner`), restricted to the removed channels: `lambda * w` is added to their gradients,
+with `lambda` rising in equal increments over the sparse epochs, `sparse_reg * nbs * (epoch + 1) / epochs`. Scaled by
+`nbs` as `sr` is (Ultralytics' gradient at an optimizer step sums a nominal batch of `nbs` images), so `sparse_reg` is
+the weight of `|w|^2 / 2` next to the per-image loss, for any batch size. An L2 term shrinks each slice in proportion
+to itself, so one strength serves layers of any scale (a group lasso `w / |w|` moves every group by the same
+absolute amount). With BatchNorm weight and bias at zero a channel outputs SiLU(0) = 0: removing it changes nothing.
+
+The penalty is a step pre-hook of the optimizer, as `SparsityMixin.add_sparsity_term` (after Ultralytics' unscale and
+gradient clipping), attached to the fine-tune trainer of the pruning loop by callbacks (`GroupSparsity.attach`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from copy import deepcopy
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+import torch.nn as nn
+from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ultralytics_prune.checkpoint import load_model, save_checkpoint
+from ultralytics_prune.errors import UserError
+
+PREFIX = colorstr("sparse: ")
+WEAK_LEFT = 0.5  # above this share of the norm left at a cut, the log line suggests a stronger penalty
+
+
+def channel_masks(model: nn.Module, touched: Iterable[tuple[nn.Module, bool, list[int]]]) -> dict[str, torch.Tensor]:
+    """Masks (1 where a cut removes, else 0) of the parameters of `model` that `GroupPruner.touched` lists.
+
+    Output channels are rows of a convolution's weight and bias and entries of a BatchNorm's weight and bias; input
+    channels are columns of a (non-grouped) convolution's weight. A depthwise convolution's input channels are its
+    output channels, which the group also lists; other layers (element-wise ops, concat) hold no parameters.
+    """
+    params = dict(model.named_parameters())
+    names = {m: n for n, m in model.named_modules()}
+    masks: dict[str, torch.Tensor] = {}
+    for layer, produces, idxs in touched:
+        if isinstance(layer, nn.BatchNorm2d) or isinstance(layer, nn.Conv2d) and produces:
+            targets = [("weight", 0), ("bias", 0)]
+        elif isinstance(layer, nn.Conv2d) and layer.groups == 1:
+            targets = [("weight", 1)]
+        else:
+            continue
+        for attr, dim in targets:
+            if getattr(layer, attr, None) is None:
+                continue
+            name = f"{names[layer]}.{attr}"
+            mask = masks.setdefault(name, torch.zeros_like(params[name], dtype=torch.float32))
+            mask.index_fill_(dim, torch.tensor(idxs, device=mask.device), 1.0)
+    return masks
+
+
+def masked_norm(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
+    """The L2 norm of the masked entries of the parameters of `model`, all together."""
+    params, total = dict(model.named_parameters()), 0.0
+    with torch.no_grad():
+        for name, mask in masks.items():
+            p = params[name]
+            total += float((p.float() * mask.to(p.device)).pow(2).sum())
+    return total**0.5
+
+
+def masks_as_saved(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`masks` of `model`, named and shaped as in the model a fine-tune trainer loads from `save_checkpoint`.
+
+    The checkpoint may hold other modules than the run (e.g. Ultralytics' blocks for our twins), so a copy of `model`
+    whose parameters are the masks takes the same way: saved, then loaded.
+    """
+    probe = deepcopy(model).float()
+    with torch.no_grad():
+        for name, p in probe.named_parameters():
+            p.copy_(masks[name] if name in masks else torch.zeros_like(p))
+    with TemporaryDirectory() as folder:
+        loaded = load_model(save_checkpoint(probe, Path(folder) / "masks.pt"))
+    return {name: p.detach().float().clone() for name, p in loaded.named_parameters() if p.any()}
+
+
+class GroupSparsity:
+    """The growing L2 penalty on the channels a cut will remove (see module docstring).
+
+    Args:
+        masks (dict): `{parameter name: mask}`, 1 on the channels to remove (`channel_masks`, `masks_as_saved`).
+        reg (float): `sparse_reg`, the penalty's full strength per image.
+        nbs (int): Ultralytics' nominal batch size, the images one optimizer step sums.
+    """
+
+    def __init__(self, masks: dict[str, torch.Tensor], reg: float, nbs: int):
+        """Keep the masks by parameter name, so they apply to any copy of the model (the trainer loads its own)."""
+        self.masks = masks
+        self.reg, self.nbs = reg, nbs
+        self.bound: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.strength = 0.0
+        self.start_norm: float | None = None
+
+    def bind(self, model: nn.Module) -> None:
+        """Point the penalty at the parameters of `model` (the trainer's copy) with these names."""
+        params = dict(model.named_parameters())
+        self.bound = [(params[name], mask.to(params[name].device)) for name, mask in self.masks.items()]
+
+    def penalize(self, optimizer=None, args=(), kwargs=None) -> None:
+        """Add `strength * w` to the gradient of every removed slice (an optimizer step pre-hook); nothing else."""
+        if self.strength <= 0:
+            return
+        for param, mask in self.bound:
+            if param.grad is not None:
+                param.grad.add_(param.detach() * mask, alpha=self.strength)
+
+    def grow(self, epoch: int, epochs: int) -> None:
+        """Set this epoch's strength: `reg * nbs` times `(epoch + 1) / epochs`."""
+        self.strength = self.reg * self.nbs * (epoch + 1) / max(1, epochs)
+
+    # the trainer's callbacks --------------------------------------------------------------------------------------
+    def attach(self, trainer) -> None:
+        """Add the penalty to a fine-tune `trainer` (before `train()`), and keep its last epoch as the result.
+
+        The fitness measured before the cut falls as the removed channels shrink, so Ultralytics' `best.pt` would be
+        the least sparse epoch; here every epoch is marked best, so `best.pt` is the last.
+
+        Raises:
+            UserError: Training on several devices: Ultralytics' DDP workers do not get these callbacks.
+        """
+        if trainer.world_size > 1:
+            raise UserError("'sparse_epochs' trains on one device (its penalty does not reach Ultralytics' DDP "
+                            "workers): use a single 'device', or 'sparse_epochs=0'")  # fmt: skip
+        trainer.add_callback("on_train_start", self.on_train_start)
+        trainer.add_callback("on_train_epoch_start", lambda t: self.grow(t.epoch, t.epochs))
+        trainer.add_callback("on_train_epoch_end", self.on_train_epoch_end)
+
+    def on_train_start(self, trainer) -> None:
+        """Bind to the trainer's model and hook its optimizer."""
+        model = unwrap_model(trainer.model)
+        self.bind(model)
+        self.start_norm = masked_norm(model, self.masks)
+        trainer.optimizer.register_step_pre_hook(self.penalize)
+
+    def on_train_epoch_end(self, trainer) -> None:
+        """Log the share of the removed channels' norm left (EMA, the weights saved); mark the epoch as best."""
+        trainer.best_fitness = None  # Ultralytics' validate() then takes this epoch as best
+        if RANK in {-1, 0} and self.start_norm:
+            left = masked_norm(trainer.ema.ema, self.masks) / self.start_norm
+            LOGGER.info(f"{PREFIX}epoch {trainer.epoch + 1}/{trainer.epochs}: {left:.1%} of the removed channels' norm "
+                        f"left, penalty {self.strength:.3g}")  # fmt: skip
