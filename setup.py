@@ -6,6 +6,14 @@
 
 from setuptools import setup
 
+# onnxruntime-gpu has wheels for x86-64 Linux and Windows only (it runs on the CPU too where no GPU is found); macOS and
+# ARM boards get the CPU build. Never both: they install the same `onnxruntime` module.
+GPU_WHEELS = '(sys_platform == "linux" and platform_machine == "x86_64") or (sys_platform == "win32" and platform_machine == "AMD64")'
+CPU_WHEELS = (  # the complement (PEP 508 markers have no 'not')
+    '(sys_platform != "linux" and sys_platform != "win32") or (sys_platform == "linux" and platform_machine != "x86_64")'
+    ' or (sys_platform == "win32" and platform_machine != "AMD64")'
+)
+
 setup(
     name="ultralytics-prune",
     version="0.1.0",
@@ -26,9 +34,9 @@ setup(
         "torch-pruning>=1.6.1,<1.7",
         "onnx>=1.14",
         "onnxslim>=0.1.82",
-        "onnxruntime-gpu>=1.18",
+        f"onnxruntime-gpu>=1.18; {GPU_WHEELS}",
+        f"onnxruntime>=1.18; {CPU_WHEELS}",
         "pyyaml>=5.3",
-        "tqdm>=4.64",
         "cloudpickle>=3.1.1",  # Ultralytics' DDP launcher needs it and would pip-install it at run time otherwise
     ],
     extras_require={"test": ["pytest>=8.4,<10"]},  # the range the suite is run with (9.2 in a fresh venv)

@@ -59,6 +59,7 @@ def _split_conv(conv: Conv, sizes: Sequence[int]) -> list[Conv]:
     # would be thrown away; they are all replaced by slices below. The shared default activation stays shared.
     tensors = {id(t): t for t in (*conv.parameters(), *conv.buffers())}
     tensors[id(Conv.default_act)] = Conv.default_act
+    tensors[id(conv.act)] = conv.act  # as loaded from a checkpoint: the one activation all Convs of a block share
     parts, start = [], 0
     for n in sizes:
         index = slice(start, start + n)
@@ -85,14 +86,14 @@ def _split_conv(conv: Conv, sizes: Sequence[int]) -> list[Conv]:
     return parts
 
 
-def _empty(cls: type[nn.Module]) -> nn.Module:
+def empty_module(cls: type[nn.Module]) -> nn.Module:
     """Create an instance of `cls` with no submodules, bypassing its `__init__` (filled in by `from_block`)."""
     obj = cls.__new__(cls)
     nn.Module.__init__(obj)
     return obj
 
 
-def _finish(twin: nn.Module, block: nn.Module) -> nn.Module:
+def finish_block(twin: nn.Module, block: nn.Module) -> nn.Module:
     """Carry the Ultralytics graph attributes and the training flag of `block` over to `twin`.
 
     Args:
@@ -127,12 +128,12 @@ def _check_split(block: nn.Module) -> int:
 def _twin_with_split_cv1(cls: type, block: nn.Module) -> nn.Module:
     """Build a `cls` twin of `block`: `cv1` split in two along its output channels, `cv2` and `m` moved as they are."""
     c = _check_split(block)
-    twin = _empty(cls)
+    twin = empty_module(cls)
     twin.c = c
     twin.cv0, twin.cv1 = _split_conv(block.cv1, (c, c))
     twin.cv2 = block.cv2
     twin.m = block.m
-    return _finish(twin, block)
+    return finish_block(twin, block)
 
 
 class C2f_v2(nn.Module):
@@ -295,6 +296,38 @@ class C2PSA_v2(nn.Module):
 TWINS: dict[type[nn.Module], type[nn.Module]] = {C2f: C2f_v2, C3k2: C3k2_v2, C2PSA: C2PSA_v2}
 
 
+def swap_children(model: nn.Module, convert) -> int:
+    """Replace, in place, every submodule `child` of `model` for which `convert(child)` is not None; return how many.
+
+    Parents are updated by attribute name (index names for nn.Sequential/nn.ModuleList), so Ultralytics layer
+    attributes and routing stay valid; a module reachable from several parents is converted once and the result used
+    everywhere; the converted modules' own children are visited too.
+    """
+    done: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(original) -> (original, new); holding the original keeps
+    # its id from being reused by a module created later in the walk
+    visited: set[int] = set()
+
+    def visit(parent: nn.Module) -> None:
+        if id(parent) in visited:
+            return
+        visited.add(id(parent))
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) in done:
+                setattr(parent, name, done[id(child)][1])
+                continue
+            new = convert(child)
+            if new is not None:
+                done[id(child)] = (child, new)
+                setattr(parent, name, new)
+                child = new
+            visit(child)
+
+    visit(model)
+    return len(done)
+
+
 def replace_blocks(model: nn.Module) -> int:
     """Swap, in place, every block listed in `TWINS` anywhere in `model` for its twin built with `from_block`.
 
@@ -309,27 +342,4 @@ def replace_blocks(model: nn.Module) -> int:
     Returns:
         (int): Number of blocks replaced.
     """
-    done: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(original) -> (original, twin); holding the original
-    # keeps its id from being reused by a module created later in the walk
-    visited: set[int] = set()
-
-    def visit(parent: nn.Module) -> None:
-        if id(parent) in visited:
-            return
-        visited.add(id(parent))
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            if id(child) in done:
-                setattr(parent, name, done[id(child)][1])
-                continue
-            twin_cls = TWINS.get(type(child))
-            if twin_cls is not None:
-                twin = twin_cls.from_block(child)
-                done[id(child)] = (child, twin)
-                setattr(parent, name, twin)
-                child = twin
-            visit(child)  # twins keep the original `m`, which may itself hold blocks to replace
-
-    visit(model)
-    return len(done)
+    return swap_children(model, lambda m: TWINS[type(m)].from_block(m) if type(m) in TWINS else None)

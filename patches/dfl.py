@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.block import DFL
 
-__all__ = ("LastAxisDFL", "replace_dfl")
+__all__ = ("LastAxisDFL", "replace_dfl", "restore_dfl")
 
 
 class LastAxisDFL(DFL):
@@ -41,15 +41,33 @@ class LastAxisDFL(DFL):
         return twin.train(dfl.training)
 
 
+    def to_plain(self) -> DFL:
+        """Ultralytics' `DFL` holding the same (fixed) integral convolution."""
+        plain = DFL.__new__(DFL)
+        nn.Module.__init__(plain)
+        plain.conv, plain.c1 = self.conv, self.c1
+        return plain.train(self.training)
+
+
+def _swap(model: nn.Module, source: type[nn.Module], convert) -> int:
+    """Replace, in place, every module of exact type `source` held by a module of `model` by `convert(it)`."""
+    count = 0
+    for parent in model.modules():
+        for name, child in list(parent._modules.items()):
+            if type(child) is source:
+                setattr(parent, name, convert(child))
+                count += 1
+    return count
+
+
 def replace_dfl(model: nn.Module) -> int:
     """Swap, in place, every `DFL` (exact type) held by a module of `model` for `LastAxisDFL`; returns how many.
 
     Heads with `reg_max=1` (YOLO26) hold an `nn.Identity` instead and are left as they are.
     """
-    count = 0
-    for parent in model.modules():
-        for name, child in list(parent._modules.items()):
-            if type(child) is DFL:
-                setattr(parent, name, LastAxisDFL.from_dfl(child))
-                count += 1
-    return count
+    return _swap(model, DFL, LastAxisDFL.from_dfl)
+
+
+def restore_dfl(model: nn.Module) -> int:
+    """Swap, in place, every `LastAxisDFL` of `model` back for Ultralytics' `DFL`; returns how many."""
+    return _swap(model, LastAxisDFL, LastAxisDFL.to_plain)

@@ -365,3 +365,59 @@ def test_yolo_prune_says_when_yolo_is_not_ours(tmp_path, content, says):
         assert not notices, notices
     else:
         assert len(notices) == 1 and says in notices[0] and "yolo-prune" in notices[0], notices
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# trainings that do not need us are Ultralytics' own
+
+
+def folder_classes(root: Path) -> Path:
+    """A tiny image-folder classification set: dark and bright 32 px images, 4 of each per split."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name, level in (("dark", 40), ("bright", 200)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(4):
+                cv2.imwrite(str(folder / f"{i}.png"), np.uint8(level + rng.integers(0, 30, (32, 32, 3))))
+    return root
+
+
+def test_classify_train_goes_to_ultralytics(tmp_path):
+    data = folder_classes(tmp_path / "cls")
+    code, out = cli(f"yolo classify train model=yolov8n-cls.yaml data={data} epochs=1 imgsz=32 batch=4 workers=0 "
+                    f"plots=False project={tmp_path / 'runs'} name=cls")  # fmt: skip
+    assert code is None, out
+    with open(tmp_path / "runs" / "cls" / "results.csv", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    assert "metrics/accuracy_top1" in header and not any(k.startswith("gamma/") for k in header)
+
+
+def test_our_key_on_classify_is_one_line(tmp_path):
+    data = folder_classes(tmp_path / "cls")
+    code, out = cli(f"yolo classify train model=yolov8n-cls.yaml data={data} epochs=1 sr=0.001 "
+                    f"project={tmp_path / 'runs'}")  # fmt: skip
+    assert code == 2 and "sr cannot be used with task=classify" in out, out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sr0_training_is_ultralytics_own(synthetic_data, tmp_path):
+    """`yolo train sr=0` through our `yolo` writes what Ultralytics' own entrypoint writes, the same weights too."""
+    from ultralytics.cfg import entrypoint as ultralytics_entrypoint
+
+    common = (f"model=yolov8n.yaml data={synthetic_data} epochs=1 imgsz=64 batch=8 workers=0 seed=0 deterministic=True "
+              f"plots=False exist_ok=True project={tmp_path}")  # fmt: skip
+    code, out = cli(f"yolo train {common} name=ours sr=0 sr_decay=0.0")
+    assert code is None, out
+    ultralytics_entrypoint(f"yolo train {common} name=theirs")
+    files = {run: sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run).rglob("*"))
+             for run in ("ours", "theirs")}  # fmt: skip
+    assert files["ours"] == files["theirs"] and "gamma.png" not in files["ours"]
+    headers = [next(csv.reader(open(tmp_path / run / "results.csv", encoding="utf-8"))) for run in ("ours", "theirs")]
+    assert headers[0] == headers[1]
+    ours, theirs = (torch.load(tmp_path / run / "weights" / "last.pt", weights_only=False)["model"].state_dict()
+                    for run in ("ours", "theirs"))  # fmt: skip
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

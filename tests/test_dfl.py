@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
+from ultralytics import YOLO
 from ultralytics.nn.modules.block import DFL
 from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 from ultralytics_prune.patches.dfl import LastAxisDFL, replace_dfl
@@ -65,18 +66,21 @@ def test_reg_max_1_heads_left_alone():
     assert replace_dfl(DetectionModel("yolo26n.yaml", nc=3, verbose=False)) == 0
 
 
-def test_export_has_only_last_axis_softmax(tmp_path):
-    """The exported graph's softmax runs over the last axis (the DFL one over axis 1 is gone) and matches PyTorch."""
+def test_our_export_has_only_last_axis_softmax_and_the_checkpoint_plain_dfl(tmp_path):
+    """Our export's softmax runs over the last axis (the DFL one over axis 1 is gone) and matches PyTorch; the saved
+    checkpoint holds Ultralytics' DFL, so Ultralytics' own exporter gives its axis-1 softmax."""
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
-    plain = onnx.load(export_onnx(save_checkpoint(model, tmp_path / "plain.pt"), 64))
     replace_dfl(model)
     weights = save_checkpoint(model, tmp_path / "twin.pt")
     file = export_onnx(weights, 64)
+    copy = tmp_path / "theirs.pt"
+    copy.write_bytes(weights.read_bytes())  # exports go beside the checkpoint: keep the two files apart
+    theirs = YOLO(str(copy)).export(format="onnx", imgsz=64, device="cpu", verbose=False)
 
     def softmax_axes(graph) -> list[int]:
         return [next((a.i for a in n.attribute if a.name == "axis"), -1) for n in graph.node if n.op_type == "Softmax"]
 
-    assert softmax_axes(plain.graph) == [1]
+    assert softmax_axes(onnx.load(theirs).graph) == [1]
     assert softmax_axes(onnx.load(file).graph) == [-1]
     assert check_onnx(file, model, 64)["match"]
-    assert isinstance(load_model(weights).model[-1].dfl, LastAxisDFL)
+    assert type(load_model(weights).model[-1].dfl) is DFL

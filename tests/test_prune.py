@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,9 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
-from ultralytics_prune.patches.blocks import replace_blocks
 
 from ultralytics_prune import UserError, YOLOPrune
-from ultralytics_prune.checkpoint import load_model, save_checkpoint
+from ultralytics_prune.checkpoint import load_model, save_checkpoint, to_plain
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.graph import ATTENTION_TYPES, head_output_convs
 from ultralytics_prune.pruner import DepGraphPruner, step_ratios
@@ -159,7 +159,7 @@ def e2e(trained, synthetic_data, runs_dir) -> dict:
         "run": run,
         "final": final,
         "rows": read_rows(run / "prune_results.csv"),
-        "widths": conv_widths(pruner.model),
+        "widths": conv_widths(to_plain(deepcopy(pruner.model))),  # as saved: Ultralytics' own blocks
         "params": n_params(pruner.model),
     }
 
@@ -182,7 +182,7 @@ def test_e2e_files(e2e):
     assert set(check) >= {"file", "max_abs_diff", "match", "onnx_ms", "shape"}
     assert check["match"] is True, check
     assert Path(check["file"]) == run / "weights" / "pruned.onnx"
-    assert check["max_abs_diff"] < 1e-2 and check["onnx_ms"] > 0
+    assert check["max_abs_diff"] < 1e-3 * 64 and check["onnx_ms"] > 0  # boxes are in pixels: relative to 64 px
     assert check["shape"] == [[1, 7, 84]]  # one output: 4 box + 3 classes, 8x8 + 4x4 + 2x2 anchors at 64 px
 
 
@@ -212,7 +212,6 @@ def test_e2e_widths_rounded(e2e, trained):
     assert n_params(model) == pytest.approx(e2e["rows"][-1]["params_M"] * 1e6, abs=1e3)
     assert_rounded(model, 8)
     original = load_model(trained["path"])
-    replace_blocks(original)
     assert len(conv_widths(original)) == len(e2e["widths"])
     narrower = sum(p[1] < o[1] for p, o in zip(e2e["widths"], conv_widths(original)))
     assert narrower > 30, f"only {narrower} convolutions lost channels"
@@ -403,7 +402,7 @@ def test_prune_other_architectures(cfg, synthetic_data, tmp_path):
     assert check["match"] is True, check
     assert (run / "weights" / "pruned.onnx").is_file()
     pruned = load_model(final)
-    assert conv_widths(pruned) == conv_widths(pruner.model)
+    assert conv_widths(pruned) == conv_widths(to_plain(deepcopy(pruner.model)))
     assert_rounded(pruned, 8)
     assert sha256(ckpt) == digest
 
@@ -533,7 +532,6 @@ def test_max_map_drop_stops_after_first_step(trained, synthetic_data, tmp_path, 
     assert not (run / "step1" / "weights" / "step.pt").exists()
     assert not (run / "step2").exists()
     original = load_model(trained["path"])
-    replace_blocks(original)
     kept = load_model(final)
     assert conv_widths(kept) == conv_widths(original)
     assert n_params(kept) == n_params(original)
@@ -641,7 +639,6 @@ def test_hold_detect_layer(trained, synthetic_data, tmp_path):
         finetune_epochs=0, onnx=False,
     )
     original = load_model(trained["path"])
-    replace_blocks(original)
     pruned = load_model(final)
     assert type(pruned.model[22]).__name__ == "Detect"
     before = [m.out_channels for m in original.model[22].modules() if isinstance(m, nn.Conv2d)]

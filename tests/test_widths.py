@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from ultralytics_prune.widths import allocate_ratios, global_widths, kept_width
+from ultralytics_prune.widths import allocate_ratios, global_widths, kept_width, tie_halves
 
 ORIGINALS = (1, 3, 8, 16, 24, 32, 48, 64, 80, 128, 256, 512)
 RATIOS = [i / 40 for i in range(40)]
@@ -73,3 +73,13 @@ def test_global_widths_keep_each_layers_floor():
     assert free == [1, 40], "without a floor the low layer keeps only its one channel"
     floored = global_widths([low, high], [40, 40], ratio=0.5, max_layer_ratio=0.75)
     assert floored == [10, 30]
+
+
+def test_tie_halves_mean_rounded_wider_and_held():
+    # pairs: groups 0/1 tied, group 2 with a held sibling, group 3 free
+    widths, currents = [8, 24, 8, 8], [32, 32, 32, 32]
+    assert tie_halves(widths, currents, [(0, 1), (2, None)], round_to=8) == [16, 16, 32, 8]
+    assert tie_halves([8, 16, 8, 8], currents, [(0, 1)], round_to=8) == [16, 16, 8, 8], "the mean 12 rounds up"
+    assert tie_halves(widths, currents, [(0, 1)], wider=True) == [24, 24, 8, 8]
+    assert tie_halves([8, 24], [32, 16], [(0, 1)], wider=True) == [16, 16], "never above a current width"
+    assert tie_halves(widths, currents, []) == widths

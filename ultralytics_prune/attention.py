@@ -1,14 +1,17 @@
-"""`attention=prune`: the same channels removed in every head of an attention layer (C2PSA's `Attention`).
+"""`attention=prune`: the same query/key channels removed in every head of an attention layer (C2PSA's `Attention`).
 
 Ultralytics' `Attention` computes one `qkv` convolution whose output is, head by head, `key_dim` query, `key_dim` key
 and `head_dim` value channels; the values of all heads, plus a depthwise positional encoding `pe` of them, go through
 `proj` back to the layer's width. A head's channels cannot be removed by the dependency graph (the heads are a
-reshape, see `graph`), so here, at every step, each head keeps the same query/key channels and the same value
-channels, chosen by their weight magnitude summed over the heads. The layer's outer width (its input, `proj`'s output
-and the residual around it) stays as the graph holds it.
+reshape, see `graph`), so here, at every step, each head keeps the same query/key channels, chosen by their weight
+magnitude summed over the heads. The value channels and the layer's outer width (its input, `proj`'s output and the
+residual around it) stay: Ultralytics' `Attention` reshapes the values to the layer's width, so a layer with fewer
+value channels would need a class of ours to load, and what a run saves must load in plain Ultralytics.
 
-`PrunableAttention` is the twin this needs: the same function as `Attention`, with its reshapes written for any
-value width and its softmax scale kept as trained (`key_dim ** -0.5` of the unpruned layer).
+The pruned layer stays Ultralytics' own `Attention` with its `key_dim` set. Its trained softmax scale is folded into
+the query rows, so `scale` is `key_dim ** -0.5` of the pruned layer, as Ultralytics' CoreML path assumes.
+`PrunableAttention` is the twin earlier releases saved (value channels pruned too); it still loads, and converts back
+to `Attention` where its values were not cut.
 """
 
 from __future__ import annotations
@@ -51,17 +54,6 @@ class PrunableAttention(Attention):
         return twin
 
 
-def replace_attention(model: nn.Module) -> int:
-    """Swap every `Attention` of `model` for its `PrunableAttention` twin, in place; return how many."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is Attention:
-                setattr(parent, name, PrunableAttention.from_attention(child))
-                swapped += 1
-    return swapped
-
-
 def _effective_rows(conv_module: nn.Module) -> torch.Tensor:
     """The output-channel rows of an Ultralytics `Conv`'s weight, scaled by its BatchNorm (when it has one)."""
     w = conv_module.conv.weight.detach().flatten(1)
@@ -91,32 +83,62 @@ def _keep_channels(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, out_idx: torch.Te
         conv.weight = nn.Parameter(weight.clone())
 
 
-def prune_attention(attn: PrunableAttention, ratio: float, round_to: int = 1) -> tuple[int, int]:
-    """Cut every head of `attn` to `1 - ratio` of its original query/key and value channels (the same in each head).
+def fold_scale(attn: Attention, scale: float) -> None:
+    """Set `attn.scale` to `scale`, multiplying the query rows of `qkv` so the layer computes the same function."""
+    factor = attn.scale / scale
+    kd, rows = attn.key_dim, 2 * attn.key_dim + attn.head_dim
+    queries = torch.cat([h * rows + torch.arange(kd) for h in range(attn.num_heads)])
+    conv, bn = attn.qkv.conv, getattr(attn.qkv, "bn", None)
+    with torch.no_grad():
+        if isinstance(bn, nn.BatchNorm2d):  # BN is affine in a Conv: its weight and bias scale the output
+            bn.weight[queries] *= factor
+            bn.bias[queries] *= factor
+        else:  # fused: the conv's own weight and bias
+            conv.weight[queries] *= factor
+            if conv.bias is not None:
+                conv.bias[queries] *= factor
+    attn.scale = scale
 
-    A query/key channel scores the product of its query and key weight norms, a value channel its value weight norm
-    times the norm of the `proj` column that reads it, both summed over the heads (BatchNorm scales included).
+
+def prune_attention(attn: Attention, ratio: float, round_to: int = 1) -> int:
+    """Cut every head of `attn` to `1 - ratio` of its original query/key channels (the same in each head), in place.
+
+    A query/key channel scores the product of its query and key weight norms summed over the heads (BatchNorm scales
+    included). The first call records the layer's original `key_dim` (`attn.original_key_dim`), so later steps cut
+    from it and rounding never compounds.
 
     Returns:
-        (tuple[int, int]): The new `key_dim` and `head_dim`.
+        (int): The new `key_dim`.
     """
+    if not hasattr(attn, "original_key_dim"):
+        attn.original_key_dim = getattr(attn, "original_dims", (attn.key_dim,))[0]
     nh, kd, hd = attn.num_heads, attn.key_dim, attn.head_dim
-    new_kd = min(kd, kept_width(attn.original_dims[0], ratio, round_to, kd))
-    new_hd = min(hd, kept_width(attn.original_dims[1], ratio, round_to, hd))
-    if (new_kd, new_hd) == (kd, hd):
-        return kd, hd
+    new_kd = min(kd, kept_width(attn.original_key_dim, ratio, round_to, kd))
+    if new_kd == kd:
+        return kd
     rows = _effective_rows(attn.qkv).norm(dim=1).view(nh, 2 * kd + hd)
-    proj_cols = attn.proj.conv.weight.detach().flatten(1).norm(dim=0).view(nh, hd)
-    qk_score = (rows[:, :kd] * rows[:, kd:2 * kd]).sum(0)
-    v_score = (rows[:, 2 * kd:] * proj_cols).sum(0)
+    qk_score = (rows[:, :kd] * rows[:, kd : 2 * kd]).sum(0)
     keep_qk = torch.argsort(qk_score, descending=True, stable=True)[:new_kd].sort().values
-    keep_v = torch.argsort(v_score, descending=True, stable=True)[:new_hd].sort().values
-    per_head = torch.cat([keep_qk, kd + keep_qk, 2 * kd + keep_v])
+    per_head = torch.cat([keep_qk, kd + keep_qk, 2 * kd + torch.arange(hd)])
     qkv_out = torch.cat([h * (2 * kd + hd) + per_head for h in range(nh)])
-    values = torch.cat([h * hd + keep_v for h in range(nh)])
     _keep_channels(attn.qkv.conv, getattr(attn.qkv, "bn", None), qkv_out, None)
-    _keep_channels(attn.pe.conv, getattr(attn.pe, "bn", None), values, None)  # depthwise: one input per group
-    attn.pe.conv.groups = attn.pe.conv.in_channels = len(values)
-    _keep_channels(attn.proj.conv, None, None, values)
-    attn.key_dim, attn.head_dim = new_kd, new_hd
-    return new_kd, new_hd
+    attn.key_dim = new_kd
+    fold_scale(attn, new_kd**-0.5)
+    return new_kd
+
+
+def restore_attention(model: nn.Module) -> int:
+    """Swap every `PrunableAttention` of `model` whose value channels were not cut back for Ultralytics' `Attention`,
+    in place; return how many. One with fewer value channels than its width (saved by an earlier release) stays."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is PrunableAttention and child.head_dim * child.num_heads == child.proj.conv.out_channels:
+                plain = Attention.__new__(Attention)
+                plain.__dict__.update(child.__dict__)
+                plain.__dict__.pop("original_dims", None)
+                plain.original_key_dim = child.original_dims[0]
+                fold_scale(plain, plain.key_dim**-0.5)
+                setattr(parent, name, plain)
+                swapped += 1
+    return swapped

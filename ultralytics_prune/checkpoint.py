@@ -1,5 +1,9 @@
 """Checkpoint state: reading a user's checkpoint safely, writing ours atomically, and what a saved model says of itself.
 
+What we save holds only Ultralytics' own classes (`to_plain`): the block twins, the box decoder twin and the attention
+twin of earlier releases are swapped back for the Ultralytics modules they stand for, so `pip install ultralytics`
+alone loads the file. Loading gives plain modules; the pruning loop swaps its twins in again.
+
 A pruned model cannot be rebuilt from its yaml. `mark_pruned` records that in the model (its `yaml["pruned"]`, which
 survives pickling and Ultralytics' own checkpoint code); `is_pruned` asks it; `make_trainable` undoes what Ultralytics'
 checkpoint format does to parameters (half precision, gradients off).
@@ -16,10 +20,14 @@ import torch
 import torch.nn as nn
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import LOGGER
 
 from ultralytics_prune import __version__
+from ultralytics_prune.attention import restore_attention
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.blocks import TWINS
+from ultralytics_prune.patches.plain import restore_blocks
+from ultralytics_prune.patches.dfl import restore_dfl
 from ultralytics_prune.tasks import task_of
 
 PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
@@ -46,6 +54,39 @@ def is_pruned(model: nn.Module) -> bool:
     """True when `model` cannot be rebuilt from its yaml: it was pruned or slimmed, or holds block twins."""
     twins = tuple(TWINS.values())
     return bool(pruned_info(model)) or any(isinstance(m, twins) for m in model.modules())
+
+
+def foreign_modules(model: nn.Module) -> list[str]:
+    """Import paths of the classes in `model` that plain Ultralytics cannot unpickle (ours), sorted, each once."""
+    return sorted({f"{type(m).__module__}.{type(m).__name__}" for m in model.modules()
+                   if type(m).__module__.split(".")[0] == __name__.split(".")[0]})  # fmt: skip
+
+
+def to_plain(model: nn.Module) -> nn.Module:
+    """Swap, in place, every twin of ours in `model` back for the Ultralytics module it stands for; returns `model`.
+
+    Raises:
+        ValueError: A module of ours cannot be expressed by Ultralytics' class (e.g. block halves of unequal width,
+            or attention value channels pruned by an earlier release); nothing then should be saved as plain.
+    """
+    restore_blocks(model)
+    restore_dfl(model)
+    restore_attention(model)
+    if left := foreign_modules(model):
+        raise ValueError(f"cannot save as plain Ultralytics modules: {', '.join(left)} remain")
+    return model
+
+
+def is_pruned_file(file: str | Path) -> bool:
+    """True when `file` is a checkpoint whose model is pruned (see `is_pruned`); False for anything else, unreadable
+    files included (Ultralytics then says what is wrong with them)."""
+    path = Path(file)
+    if path.suffix != ".pt" or not path.is_file():
+        return False
+    try:
+        return is_pruned(load_checkpoint(path)[0])
+    except Exception:
+        return False
 
 
 def first_non_finite(model: nn.Module) -> str | None:
@@ -87,8 +128,9 @@ def load_model(weights: str | Path) -> nn.Module:
 def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None = None, **extra) -> Path:
     """Save `model` in FP32 as an Ultralytics-loadable checkpoint; written to a temp file, then renamed.
 
-    The copy that is saved holds no loss criterion and no `args` (Ultralytics restores `model.args` from
-    `train_args` when it loads the file).
+    The copy that is saved holds only Ultralytics' classes (`to_plain`), no loss criterion and no `args` (Ultralytics
+    restores `model.args` from `train_args` when it loads the file). A model that plain Ultralytics cannot express
+    (one pruned by an earlier release) is saved with our classes, with a warning.
 
     Args:
         model (nn.Module): The model to save; it is copied, not modified.
@@ -105,6 +147,11 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     snapshot = deepcopy(model).float().eval()
+    try:
+        to_plain(snapshot)
+    except ValueError as e:
+        snapshot = deepcopy(model).float().eval()
+        LOGGER.warning(f"{file}: {e}; it loads only where ultralytics-prune is installed")
     snapshot.__dict__.pop("args", None)
     if hasattr(snapshot, "criterion"):
         snapshot.criterion = None

@@ -1,8 +1,10 @@
 """The `yolo` command: Ultralytics' CLI plus the modes `prune` and `slim` and the keys of `cfg/default.yaml`.
 
-`train`, `prune` and `slim` run here (`YOLOPrune`, `run_recipe`); a `UserError` is printed as one line with exit
-status 2, any other exception keeps its traceback; `help` and `cfg` show our keys after Ultralytics' own;
-every other command is handed to Ultralytics' entrypoint unchanged.
+`prune`, `slim` and the trainings that need us (a key of ours set, a pruned model, see `model.our_trainer`) run here
+(`run_recipe`, `YOLOPrune`); a `UserError` is printed as one line with exit status 2, any other exception keeps its
+traceback; `help` and `cfg` show our keys after Ultralytics' own. Every other command, every other training included
+(classification, `sr=0`), is handed to Ultralytics' entrypoint unchanged (our keys, when given at their defaults,
+left out).
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from ultralytics.cfg import (
     parse_key_value_pair,
 )
 from ultralytics.cfg import entrypoint as ultralytics_entrypoint
+from ultralytics.nn.tasks import guess_model_task
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, colorstr
 
-from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, check_prune_keys
+from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, PRUNE_DEFAULTS, check_prune_keys
 from ultralytics_prune.errors import ExportMismatch, UserError
-from ultralytics_prune.model import YOLOPrune, run_recipe
+from ultralytics_prune.model import YOLOPrune, our_trainer, run_recipe
 from ultralytics_prune.preflight import check_dataset, check_device
 from ultralytics_prune.tasks import SUPPORTED
 from ultralytics_prune.tasks import TASKS as PRUNABLE_TASKS
 
-OUR_MODES = ("train", "prune", "slim")  # modes run through YOLOPrune
+OUR_MODES = ("train", "prune", "slim")  # modes that may run here (`train` only when it needs us, see `needs_us`)
 HELP_WORDS = {"help", "h", "-h", "--help", "-help"}
 CFG_WORDS = {"cfg", "--cfg", "-cfg"}
 
@@ -89,6 +92,50 @@ def load_cfg_file(file: str) -> dict:
     if not isinstance(content, dict):
         raise UserError(f"'cfg={file}' holds no 'key: value' pairs")
     return {k: v for k, v in content.items() if k != "cfg"}
+
+
+def needs_us(args: list[str]) -> bool:
+    """True for `prune`, `slim` and a training that needs our trainer (`model.our_trainer`).
+
+    Raises:
+        UserError: An unknown key or a bad `cfg=` file (with our keys in the "did you mean" list), or a key of ours set
+            for a task we do not prune.
+    """
+    overrides = parse_cli_args(args)
+    if overrides.get("mode") != "train":
+        return True
+    model = overrides.get("model") or DEFAULT_CFG.model or "yolo26n.yaml"
+    task = overrides.get("task") or (guess_model_task(model) if Path(str(model)).suffix != ".pt" else None)
+    if task is None:  # a checkpoint: its task comes from the file (a missing file is Ultralytics' to report)
+        task = checkpoint_task(model)
+    return our_trainer(task, overrides, model) is not None
+
+
+def checkpoint_task(file: str) -> str | None:
+    """The task of the model in checkpoint `file`, or None when it cannot be read."""
+    try:
+        from ultralytics.nn.tasks import load_checkpoint
+
+        return guess_model_task(load_checkpoint(file)[0])
+    except Exception:
+        return None
+
+
+def without_default_keys(args: list[str]) -> list[str]:
+    """`args` without the `key=value` pairs of our keys (which are at their defaults: `needs_us` said no)."""
+    return [a for a in args if "=" not in a or a.lstrip("-").split("=", 1)[0] not in PRUNE_DEFAULTS]
+
+
+def hand_over(argv: list[str], debug: str) -> None:
+    """Run Ultralytics' entrypoint on `argv` (program name first), as if it had been typed."""
+    if debug:
+        return ultralytics_entrypoint(" ".join(argv))
+    saved = sys.argv[:]
+    sys.argv[:] = argv  # Ultralytics reads this very list (utils.ARGV is sys.argv)
+    try:
+        return ultralytics_entrypoint()
+    finally:
+        sys.argv[:] = saved
 
 
 def run(args: list[str]) -> None:
@@ -167,6 +214,8 @@ def entrypoint(debug: str = "") -> None:
     if not words & set(OUR_MODES) and cfg_file_mode(args) not in OUR_MODES:
         return ultralytics_entrypoint(debug)
     try:
+        if not needs_us(args):
+            return hand_over([argv[0], *without_default_keys(args)], debug)
         run(args)
     except (UserError, ExportMismatch) as e:  # anything else is a bug and keeps its traceback
         if os.getenv("YOLO_PRUNE_DEBUG"):

@@ -23,7 +23,6 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
-from ultralytics_prune.attention import replace_attention
 from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint
@@ -231,7 +230,7 @@ class PruneRun:
             (dict): `mAP50`, `mAP50-95` and, for segment and pose, `mask_`/`pose_` `mAP50` and `mAP50-95`.
         """
         args = vars(ultralytics_args(self.args))
-        args.update(mode="val", plots=False, save_json=False, verbose=False, split="val", half=False)
+        args.update(mode="val", plots=False, save_json=False, verbose=False, split="val", half=False, rect=True)
         validator = self.task.validator(save_dir=self.save_dir / "val", args=args)
         return self.task.metric_columns(validator(model=deepcopy(model).float()))
 
@@ -258,6 +257,7 @@ class PruneRun:
         `setup(trainer)`, when given, is called before training: a recipe's addition to this fine-tune (e.g.
         `group_sparsity.GroupSparsity.attach`).
         """
+        self.mark_pruned(model)  # saved plain: the trainer must not rebuild it from its yaml
         source = save_checkpoint(model, step_dir / "weights" / "start.pt", train_args=vars(ultralytics_args(self.args)))
         overrides = {
             **vars(self.args),
@@ -303,14 +303,19 @@ class PruneRun:
             LOGGER.warning(f"{self.prefix}{step_dir.name}: fine-tuning diverged ({reason}); keeping the model as it "
                            f"was after the cut")  # fmt: skip
             return False
-        model.load_state_dict(tuned.float().state_dict())
+        model.load_state_dict(self.swap_twins(tuned.float()).state_dict())
         trainer.state_file.unlink(missing_ok=True)  # the step is done; nothing of it needs continuing
         return True
 
     # files ------------------------------------------------------------------------------------------------------------
+    def mark_pruned(self, model: nn.Module) -> None:
+        """Record in `model` that this run pruned it (see `checkpoint.mark_pruned`)."""
+        mark_pruned(model, self.method, rate=self.args.rate, imgsz=self.args.imgsz)
+
     def save_model(self, file: Path, **extra) -> Path:
-        """Save `self.model`, marked as pruned by this run's mode, with the Ultralytics args to train it on."""
-        mark_pruned(self.model, self.method, rate=self.args.rate, imgsz=self.args.imgsz)
+        """Save `self.model` (plain Ultralytics modules), marked as pruned by this run's mode, with the Ultralytics
+        args to train it on."""
+        self.mark_pruned(self.model)
         return save_checkpoint(self.model, file, train_args=vars(ultralytics_args(self.args)), **extra)
 
     def save_step(self, step_dir: Path) -> None:
@@ -325,20 +330,25 @@ class PruneRun:
 
     def input_model(self) -> nn.Module:
         """The input checkpoint's model again, with the block twins swapped in (as row 0 measured it)."""
-        return self.swap_twins(load_model(self.args.model))
+        return self.load(self.args.model)
 
-    def swap_twins(self, model: nn.Module) -> nn.Module:
-        """Swap in the prunable block twins (and, with `attention=prune`, the attention twin) and the box decoder
-        that exports faster (`patches.dfl`); return `model`."""
+    @staticmethod
+    def swap_twins(model: nn.Module) -> nn.Module:
+        """Swap in the prunable block twins and the box decoder that exports faster (`patches.dfl`); return `model`.
+
+        Only the run's model holds them: what it saves is plain Ultralytics again (`checkpoint.to_plain`).
+        """
         replace_blocks(model)
         replace_dfl(model)
-        if self.args.attention == "prune":
-            replace_attention(model)
         return model
+
+    def load(self, file: str | Path) -> nn.Module:
+        """A checkpoint of this run (or its input) as the run works on it: FP32, trainable, twins swapped in."""
+        return self.swap_twins(load_model(file))
 
     def last_good_model(self, step: int) -> nn.Module:
         """The model of the last finished step before `step` (the input model before step 1)."""
-        return self.input_model() if step <= 1 else load_model(self.step_file(step - 1))
+        return self.input_model() if step <= 1 else self.load(self.step_file(step - 1))
 
     def step_file(self, step: int) -> Path:
         """Where the model of a finished step is kept."""
@@ -381,10 +391,10 @@ class PruneRun:
             return self.begin()
         self.rows = read_csv(self.csv)
         if self.final_file.exists():
-            self.model = load_model(self.final_file)
+            self.model = self.load(self.final_file)
             LOGGER.info(f"{self.prefix}resuming {self.save_dir}: saved, exporting again")
             return self.n_steps + 1
         last = int(self.rows[-1]["step"])
-        self.model = load_model(self.step_file(last)) if last else self.input_model()
+        self.model = self.load(self.step_file(last)) if last else self.input_model()
         LOGGER.info(f"{self.prefix}resuming {self.save_dir} after step {last}")
         return last + 1

@@ -294,3 +294,19 @@ def conv_bn_pairs(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
 def is_out_channels(graph: tp.DependencyGraph, item) -> bool:
     """True when the group item removes output channels of its layer (it produces the channels)."""
     return graph.is_out_channel_pruning_fn(item.dep.handler)
+
+
+def twin_halves(model: nn.Module, graph: tp.DependencyGraph, groups: Sequence) -> list[tuple[int | None, int | None]]:
+    """For every block twin of `model`, the indices in `groups` of the groups producing its two halves (`cv0`, `cv1`).
+
+    Ultralytics' `C2f`, `C3k2` and `C2PSA` split one conv into two equal halves, so what a run saves (plain
+    Ultralytics blocks, see `patches.plain.restore_blocks`) needs both halves of a twin equally wide. None marks a
+    half that no group in `groups` produces: it is held, and so must its sibling be.
+    """
+    producer = {}
+    for index, group in enumerate(groups):
+        for item in group.items:
+            if is_out_channels(graph, item):
+                producer.setdefault(item.dep.target.module, index)
+    twins = tuple(TWINS.values())
+    return [(producer.get(m.cv0.conv), producer.get(m.cv1.conv)) for m in model.modules() if isinstance(m, twins)]

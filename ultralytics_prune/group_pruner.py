@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ultralytics_prune.graph import build_graph, is_out_channels, prunable_groups
+from ultralytics_prune.graph import build_graph, is_out_channels, prunable_groups, twin_halves
+from ultralytics_prune.widths import tie_halves
 
 
 def build_importance(name: str) -> tp.importance.Importance:
@@ -40,9 +41,12 @@ class GroupPruner:
         importance (tp.importance.Importance): The criterion that scores each group's channels.
         held (list[nn.Module]): Layers whose output channels never change.
         imgsz (int): Side of the example image used for tracing.
+        round_to (int): Where the two halves of a block twin are tied (see `prune`), their width is a multiple of this.
     """
 
-    def __init__(self, model: nn.Module, importance: tp.importance.Importance, held: list[nn.Module], imgsz: int):
+    def __init__(
+        self, model: nn.Module, importance: tp.importance.Importance, held: list[nn.Module], imgsz: int, round_to: int = 1
+    ):
         """Trace the model and score every prunable group (before anything is removed)."""
         self.graph = build_graph(model, imgsz)
         names = {m: n for n, m in model.named_modules()}
@@ -55,21 +59,27 @@ class GroupPruner:
             self.groups.append(group)
             self.names.append(names[group[0].dep.target.module])
             self.scores.append(score.detach().float().cpu())
+        self.halves = twin_halves(model, self.graph, self.groups)
+        self.round_to = round_to
 
     def widths(self) -> list[int]:
         """The current width of every scored group."""
         return [len(s) for s in self.scores]
 
     def prune(self, widths: list[int]) -> list[int]:
-        """Remove the lowest-scored channels of each group down to `widths` (same order as `names`); returns the widths
-        kept."""
+        """Remove the lowest-scored channels of each group down to `widths` (same order as `names`).
+
+        Both halves of a block twin keep the same width, the mean of the two asked (see `widths.tie_halves`), so
+        the saved model is Ultralytics' own block. Returns the widths kept.
+        """
         cuts = self.choose(widths)
         self.remove(cuts)
         return [len(score) - len(idxs) for score, idxs in zip(self.scores, cuts)]
 
     def choose(self, widths: list[int]) -> list[list[int]]:
         """Which channels `prune(widths)` removes, without removing them: the lowest-scored root channel indices of
-        every group (same order as `names`; empty where a group keeps all)."""
+        every group (same order as `names`; empty where a group keeps all), halves of a twin tied as in `prune`."""
+        widths = tie_halves(widths, self.widths(), self.halves, self.round_to)
         return [torch.argsort(score, stable=True)[: max(0, len(score) - w)].tolist()
                 for score, w in zip(self.scores, widths)]  # fmt: skip
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch.nn as nn
 from ultralytics import YOLO
+from ultralytics.utils import YAML
 
-from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
+from ultralytics_prune.checkpoint import is_pruned, is_pruned_file
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.patches.trainer import SPARSITY_TRAINERS
+from ultralytics_prune.patches.trainer import PRUNED_TRAINERS, SPARSITY_TRAINERS
 from ultralytics_prune.pruner import DepGraphPruner
 from ultralytics_prune.slim import NetworkSlimmer
 from ultralytics_prune.unstructured import UnstructuredPruner
@@ -31,11 +34,61 @@ def run_recipe(mode: str, overrides: dict) -> Path:
     return recipe(args)()
 
 
+def our_keys(overrides: dict) -> dict:
+    """The ultralytics-prune keys of `overrides` (and of its `cfg=file.yaml`) set to something else than the default."""
+    keys = {**(YAML.load(overrides["cfg"]) or {} if overrides.get("cfg") else {}), **overrides}
+    return {k: v for k, v in keys.items() if k in PRUNE_DEFAULTS and v != PRUNE_DEFAULTS[k]}
+
+
+def resumes_our_training(resume, model) -> bool:
+    """True when `resume=...` continues a training that one of our trainers started (its checkpoint has our keys)."""
+    file = resume if isinstance(resume, (str, Path)) and str(resume).endswith(".pt") else model
+    if not resume or not isinstance(file, (str, Path)) or not Path(file).is_file():
+        return False
+    try:
+        from ultralytics.nn.tasks import torch_safe_load
+
+        ckpt = torch_safe_load(str(file))[0]
+        model = ckpt.get("ema") or ckpt.get("model")
+        train_args = {**(ckpt.get("train_args") or {}), **(getattr(model, "args", None) or {})}
+    except Exception:  # Ultralytics says what is wrong with the file
+        return False
+    return bool(our_keys(train_args))
+
+
+def our_trainer(task: str, overrides: dict, model) -> type | None:
+    """The trainer of ours a training needs, or None when it is plain Ultralytics training.
+
+    Ours: when a key of ours is set (e.g. `sr=1e-4`, sparsity training), when the model is pruned (Ultralytics would
+    rebuild it at full width from its yaml) or when `resume` continues a training of ours. Anything else, every task
+    we do not prune (classify) included, is Ultralytics' own trainer, untouched.
+
+    Args:
+        task (str): The model's task.
+        overrides (dict): The training keys.
+        model (str | Path | nn.Module | None): The model (a module, or a `.pt` / yaml path).
+
+    Raises:
+        UserError: A key of ours is set for a task we do not prune.
+    """
+    keys = our_keys(overrides)
+    if task not in SPARSITY_TRAINERS:
+        if keys:
+            raise UserError(f"{', '.join(keys)} cannot be used with task={task}: ultralytics-prune trains detect, "
+                            f"segment, pose and OBB models")  # fmt: skip
+        return None
+    if keys or resumes_our_training(overrides.get("resume"), model):
+        return SPARSITY_TRAINERS[task]
+    if (is_pruned(model) if isinstance(model, nn.Module) else is_pruned_file(model or "")):
+        return PRUNED_TRAINERS[task]
+    return None
+
+
 class YOLOPrune(YOLO):
-    """A `YOLO` model whose detect, segment, pose and OBB trainers are the sparsity trainers, plus `prune()`, `slim()`.
+    """A `YOLO` model whose `train()` also does sparsity training and keeps pruned widths, plus `prune()`, `slim()`.
 
     Every usual `YOLO` method works. `train()` accepts the ultralytics-prune keys (e.g. `sr=1e-4`) and trains a pruned
-    checkpoint at its pruned widths instead of rebuilding it from yaml.
+    checkpoint at its pruned widths instead of rebuilding it from yaml; any other training is Ultralytics' own.
 
     Examples:
         >>> model = YOLOPrune("yolov8n.yaml")
@@ -43,13 +96,18 @@ class YOLOPrune(YOLO):
         >>> YOLOPrune("runs/detect/train/weights/best.pt").prune(data="data.yaml", rate=0.5)
     """
 
-    @property
-    def task_map(self) -> dict:
-        """Ultralytics' task map with each task's trainer replaced by its sparsity trainer (`SPARSITY_TRAINERS`)."""
-        task_map = super().task_map
-        for task, trainer in SPARSITY_TRAINERS.items():
-            task_map[task] = {**task_map[task], "trainer": trainer}
-        return task_map
+    def train(self, trainer=None, **kwargs):
+        """Ultralytics' `train()`, with our trainer where the training needs it (see `our_trainer`).
+
+        Args:
+            trainer (type | None): A trainer class; None picks ours or Ultralytics' own.
+            **kwargs: Ultralytics and ultralytics-prune keys.
+        """
+        if trainer is None:
+            trainer = our_trainer(self.task, kwargs, self.model if self.ckpt else kwargs.get("model"))
+            if trainer is None:  # plain Ultralytics: our keys, all at their defaults, are not its keys
+                kwargs = {k: v for k, v in kwargs.items() if k not in PRUNE_DEFAULTS}
+        return super().train(trainer=trainer, **kwargs)
 
     def _recipe_overrides(self, kwargs: dict) -> dict:
         """The checkpoint path of this model plus the user's keys."""

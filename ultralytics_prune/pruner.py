@@ -9,9 +9,10 @@ from __future__ import annotations
 from copy import deepcopy
 
 import torch.nn as nn
+from ultralytics.nn.modules.block import Attention
 from ultralytics.utils import LOGGER
 
-from ultralytics_prune.attention import PrunableAttention, prune_attention
+from ultralytics_prune.attention import prune_attention
 from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, squared_gradients, training_images
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
@@ -178,7 +179,7 @@ class DepGraphPruner(PruneRun):
         cuts = []
         for keep in SWEEP[1:]:
             cut = deepcopy(model)
-            pruner = GroupPruner(cut, build_importance("l2"), held_layers(cut), max(64, self.args.imgsz))
+            pruner = GroupPruner(cut, build_importance("l2"), held_layers(cut), max(64, self.args.imgsz), self.args.round_to)
             pruner.prune([kept_width(w, 1 - keep, self.args.round_to) for w in pruner.widths()])
             cuts.append(cut)
         return cuts
@@ -219,7 +220,7 @@ class DepGraphPruner(PruneRun):
         """Cut the attention heads too (`attention=prune`), drop the gradients; the row entries of `prune_to`."""
         originals = [self.original_widths[name] for name in pruner.names]
         if self.args.attention == "prune":
-            for attn in (m for m in self.model.modules() if isinstance(m, PrunableAttention)):
+            for attn in (m for m in self.model.modules() if isinstance(m, Attention)):
                 prune_attention(attn, ratio, self.args.round_to)
         self.model.zero_grad(set_to_none=True)
         removed = 1 - sum(widths) / max(1, sum(originals))
@@ -256,7 +257,8 @@ class DepGraphPruner(PruneRun):
     def make_pruner(self, model: nn.Module) -> GroupPruner:
         """The group pruner of `model` with this run's criterion and held layers."""
         held = held_layers(model, hold_modules(model, self.args.hold))
-        return GroupPruner(model, build_importance(self.args.importance), held, max(64, self.args.imgsz))
+        return GroupPruner(model, build_importance(self.args.importance), held, max(64, self.args.imgsz),
+                           self.args.round_to)  # fmt: skip
 
     def layer_ratio(self, name: str, ratio: float) -> float:
         """The share layer `name` loses when the run as a whole is at `ratio`: its sensitivity share, or `ratio`."""

@@ -27,10 +27,11 @@ from ultralytics_prune.graph import (
     is_out_channels,
     prunable_groups,
     raw_head_outputs,
+    twin_halves,
 )
 from ultralytics_prune.plots import plot_gamma_before_after
 from ultralytics_prune.report import write_csv
-from ultralytics_prune.slim_select import group_scores, select_channels
+from ultralytics_prune.slim_select import group_scores, select_tied
 from ultralytics_prune.sparsity import HIST_EDGES, gamma_histogram
 
 PREFIX = colorstr("slim: ")
@@ -122,6 +123,7 @@ def slim_model(
     imgsz: int = 64,
     hold: Iterable[nn.Module] = (),
     fold: bool = True,
+    equal_halves: bool = True,
 ) -> SlimReport:
     """Remove, in place, the channels of `model` with the smallest combined BatchNorm |gamma| (Network Slimming).
 
@@ -134,6 +136,8 @@ def slim_model(
         imgsz (int): Side of the example images used for tracing and for reading the dead channels' constants.
         hold (Iterable[nn.Module]): More layers whose output channels stay (head outputs and attention always do).
         fold (bool): Fold the constant output of each removed channel into its consumers (see `fold`).
+        equal_halves (bool): Keep both halves of every block twin equally wide (`slim_select.select_tied`), as a
+            model saved with Ultralytics' own blocks needs; False selects every layer on its own.
 
     Returns:
         (SlimReport): Counts, threshold, fold error and per-layer rows. The model is left in eval mode.
@@ -151,7 +155,8 @@ def slim_model(
     report = SlimReport(bns=list(owner), hist_before=gamma_histogram(list(owner)))
     if not groups:
         LOGGER.warning(f"{PREFIX}no slimmable channels: the model has no BatchNorm behind its prunable convolutions")
-    selections, info = select_channels(scores, rate, threshold, min_channels, round_to)
+    pairs = twin_halves(model, graph, groups) if equal_halves else []
+    selections, info = select_tied(scores, pairs, rate, threshold, min_channels, round_to)
     report.total, report.requested, report.removed = info["total"], info["requested"], info["removed"]
     report.threshold, report.clamped = info["threshold"], info["clamped"]
     before = {m: m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)}

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ultralytics_prune.graph import is_out_channels
+from ultralytics_prune.widths import tie_halves
 
 
 def _pairs(item) -> list[tuple[int, int]]:
@@ -109,3 +110,43 @@ def select_channels(
         "threshold": float(threshold),
         "clamped": clamped,
     }
+
+
+def tie_selections(
+    selections: list[list[int]], scores: Sequence[torch.Tensor], pairs: Sequence, round_to: int = 1
+) -> list[list[int]]:
+    """`selections` with both halves of every block twin keeping as many channels, the more of the two (see
+    `widths.tie_halves`): a half asked to lose more drops only its lowest-scored channels down to that count, so
+    nothing is removed that its own selection kept."""
+    currents = [s.numel() for s in scores]
+    keeps = tie_halves([n - len(sel) for n, sel in zip(currents, selections)], currents, pairs, round_to, wider=True)
+    return [sel if n - len(sel) == keep else sorted(torch.sort(s, stable=True).indices[: n - keep].tolist())
+            for sel, s, n, keep in zip(selections, scores, currents, keeps)]  # fmt: skip
+
+
+def select_tied(
+    scores: Sequence[torch.Tensor],
+    pairs: Sequence,
+    rate: float = 0.5,
+    threshold: float = 0.0,
+    min_channels: int = 1,
+    round_to: int = 1,
+) -> tuple[list[list[int]], dict]:
+    """`select_channels`, then `tie_selections`; with a `rate`, the ranking goes on down until the tied selection
+    removes the share asked (tying keeps channels a half's own selection marked).
+
+    Returns:
+        (list[list[int]], dict): As `select_channels`, with `removed` counted after tying and `requested` the share
+            asked of all channels.
+    """
+    asked = rate
+    for _ in range(20):
+        selections, info = select_channels(scores, asked, threshold, min_channels, round_to)
+        selections = tie_selections(selections, scores, pairs, round_to)
+        removed, wanted = sum(len(sel) for sel in selections), rate * info["total"]
+        if threshold > 0 or removed >= wanted - 0.5 or asked >= 0.99:
+            break
+        asked = min(0.99, asked + (wanted - removed) / max(1, info["total"]))
+    if threshold <= 0:
+        info["requested"] = int(round(rate * info["total"]))
+    return selections, {**info, "removed": removed}

@@ -106,3 +106,48 @@ def allocate_ratios(originals: Sequence[int], drops: Sequence[float], rate: floa
             budget -= max_ratio * originals[i]
         free -= capped
     return ratios
+
+
+def tie_halves(
+    widths: Sequence[int],
+    currents: Sequence[int],
+    pairs: Sequence[tuple[int | None, int | None]],
+    round_to: int = 1,
+    wider: bool = False,
+) -> list[int]:
+    """Widths with both halves of every block twin equally wide: the mean of the two asked (or with `wider` the
+    wider), rounded up to a multiple of `round_to`, never above either's current width (channels do not come back);
+    a half whose sibling is held (None) keeps its current width.
+
+    The mean keeps the share of channels a width policy removes, each half getting the middle of what the policy
+    gave the two; the wider never removes a channel that its own half kept (Network Slimming's selection stays
+    lossless). Ultralytics' `C2f`, `C3k2` and `C2PSA` hold one conv split into two equal halves
+    (`graph.twin_halves`).
+
+    Args:
+        widths (Sequence[int]): Width asked for each group.
+        currents (Sequence[int]): Each group's current width.
+        pairs (Sequence[tuple[int | None, int | None]]): Group indices of the two halves of each twin.
+        round_to (int): Round a mean up to a multiple of this.
+        wider (bool): Tie to the wider half instead of the mean.
+
+    Returns:
+        (list[int]): The widths, tied.
+    """
+    step = max(1, round_to)
+    tied = list(widths)
+    for _ in range(len(pairs) + 1):  # a group in several pairs may need another pass
+        before = list(tied)
+        for first, second in pairs:
+            if first is None or second is None:
+                for held_sibling in (first, second):
+                    if held_sibling is not None:
+                        tied[held_sibling] = currents[held_sibling]
+                continue
+            if tied[first] != tied[second]:
+                width = max(tied[first], tied[second]) if wider else (tied[first] + tied[second]) / 2
+                width = math.ceil(width / step) * step
+                tied[first] = tied[second] = min(width, currents[first], currents[second])
+        if tied == before:
+            break
+    return tied
