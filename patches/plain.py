@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.conv import Conv
 
-from ultralytics_prune.patches.blocks import TWINS, empty_module, finish_block, replace_blocks, swap_children
+from ultralytics_prune.patches.blocks import TWINS, empty_module, finish_block, swap_children
 
 __all__ = ("PLAIN", "restore_blocks")
 

@@ -8,6 +8,7 @@ DDP launcher imports a trainer by its module and name in a fresh process.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -85,6 +86,23 @@ class PrunedModelMixin:
         if self.state_file is not None and RANK in {-1, 0}:
             save_training_state(self, self.state_file)
         return saved
+
+    def final_eval(self):
+        """Ultralytics' final evaluation, whose in-place stripping of `last.pt` / `best.pt` is done on copies that are
+        then renamed over the files: a kill at any moment leaves each file whole."""
+        files = self.last, self.best
+        temps = tuple(f.with_name(f".{f.stem}.final-tmp.pt") for f in files)  # validated: Ultralytics reads .pt
+        for file, tmp in zip(files, temps):
+            if file.exists():
+                shutil.copyfile(file, tmp)
+        self.last, self.best = temps
+        try:
+            super().final_eval()
+        finally:
+            self.last, self.best = files
+        for tmp, file in zip(temps, files):
+            if tmp.exists():
+                os.replace(tmp, file)
 
     def get_validator(self):
         """The task's Ultralytics validator, given the args without our keys (it checks them against its own)."""

@@ -16,7 +16,7 @@ import ultralytics
 import yaml
 from ultralytics.utils import LOGGER
 
-from ultralytics_prune import UserError
+from ultralytics_prune import UserError, YOLOPrune
 from ultralytics_prune.cli import entrypoint, parse_cli_args
 
 ERROR_PREFIX = "ERROR "
@@ -397,10 +397,12 @@ def test_classify_train_goes_to_ultralytics(tmp_path):
 
 
 def test_our_key_on_classify_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="sr cannot be used with task=classify"):
+        YOLOPrune("yolov8n-cls.yaml").train(data=str(tmp_path), sr=0.001)
     data = folder_classes(tmp_path / "cls")
     code, out = cli(f"yolo classify train model=yolov8n-cls.yaml data={data} epochs=1 sr=0.001 "
                     f"project={tmp_path / 'runs'}")  # fmt: skip
-    assert code == 2 and "sr cannot be used with task=classify" in out, out
+    assert code == 2 and "'task=classify' is not supported" in out, out
     assert not (tmp_path / "runs").exists()
 
 

@@ -8,6 +8,7 @@ before any fine-tuning.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -34,10 +35,29 @@ def training_batches(args, images: int) -> Iterator[dict]:
         yield batch
 
 
+@contextmanager
+def loss_ready(model: nn.Module, args) -> Iterator[nn.Module]:
+    """`model` able to compute its loss (`model.loss` needs `model.args`): set for the block and put back after, so
+    nothing of it reaches a checkpoint."""
+    saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
+    model.args, model.criterion = args, None
+    try:
+        yield model
+    finally:
+        for k in ("args", "criterion"):
+            model.__dict__.pop(k, None)
+        model.__dict__.update(saved)
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """A training batch on `device`, its images as floats in [0, 1]."""
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch["img"] = batch["img"].float() / 255
+    return batch
+
+
 def loss_gradients(model: nn.Module, args, images: int = 64, each_batch: Callable[[], None] | None = None) -> None:
     """Fill the parameter gradients of `model` with the detection loss of a few training batches (for Taylor).
-
-    The loss needs `model.args`; it is set for the call and put back, so nothing of it reaches a checkpoint.
 
     Args:
         model (nn.Module): The model; its `.grad` are overwritten.
@@ -47,24 +67,31 @@ def loss_gradients(model: nn.Module, args, images: int = 64, each_batch: Callabl
             in `.grad` (they are zeroed before each batch); without it the gradients sum over all batches.
     """
     device = next(model.parameters()).device
-    saved = {k: model.__dict__[k] for k in ("args", "criterion") if k in model.__dict__}
-    model.args, model.criterion = args, None
-    try:
+    with loss_ready(model, args):
         model.train()
         model.zero_grad()
         for batch in training_batches(args, images):
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            batch["img"] = batch["img"].float() / 255
             if each_batch is not None:
                 model.zero_grad()
-            loss, _ = model.loss(batch)
+            loss, _ = model.loss(on_device(batch, device))
             loss.sum().backward()
             if each_batch is not None:
                 each_batch()
-    finally:
-        for k in ("args", "criterion"):
-            model.__dict__.pop(k, None)
-        model.__dict__.update(saved)
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, args, batches: Iterable[dict]) -> float:
+    """The task's training loss of `model` in eval mode (BatchNorm running statistics, no augmentation) summed over
+    `batches` (from `training_batches`), a label-aware measure of a cut that costs one forward pass per image."""
+    device = next(model.parameters()).device
+    total = 0.0
+    with loss_ready(model, args):
+        model.eval()
+        for batch in batches:
+            batch = on_device(batch, device)
+            loss, _ = model.loss(batch, model(batch["img"]))
+            total += float(loss.sum())
+    return total
 
 
 def squared_gradients(model: nn.Module, args, images: int = 64) -> None:

@@ -125,7 +125,9 @@ def load_model(weights: str | Path) -> nn.Module:
     return make_trainable(model.float())
 
 
-def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None = None, **extra) -> Path:
+def save_checkpoint(
+    model: nn.Module, file: str | Path, train_args: dict | None = None, plain: bool = True, **extra
+) -> Path:
     """Save `model` in FP32 as an Ultralytics-loadable checkpoint; written to a temp file, then renamed.
 
     The copy that is saved holds only Ultralytics' classes (`to_plain`), no loss criterion and no `args` (Ultralytics
@@ -136,6 +138,8 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
         model (nn.Module): The model to save; it is copied, not modified.
         file (str | Path): Destination `.pt` path.
         train_args (dict | None): Arguments stored as `train_args`.
+        plain (bool): Save Ultralytics' classes (see above); False keeps the twins (a file only this package reads,
+            e.g. to export the twins' graph for per-layer timing).
         **extra: More entries for the checkpoint dict (e.g. `prune_results`).
 
     Returns:
@@ -148,7 +152,8 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
     file.parent.mkdir(parents=True, exist_ok=True)
     snapshot = deepcopy(model).float().eval()
     try:
-        to_plain(snapshot)
+        if plain:
+            to_plain(snapshot)
     except ValueError as e:
         snapshot = deepcopy(model).float().eval()
         LOGGER.warning(f"{file}: {e}; it loads only where ultralytics-prune is installed")
@@ -167,6 +172,9 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
         **extra,
     }
     tmp = file.with_name(f".{file.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, file)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)  # what a failed write (a full disk) left
     return file

@@ -22,12 +22,12 @@ from ultralytics.cfg import (
     parse_key_value_pair,
 )
 from ultralytics.cfg import entrypoint as ultralytics_entrypoint
-from ultralytics.nn.tasks import guess_model_task
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, colorstr
 
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, PRUNE_DEFAULTS, check_prune_keys
 from ultralytics_prune.errors import ExportMismatch, UserError
-from ultralytics_prune.model import YOLOPrune, our_trainer, run_recipe
+from ultralytics_prune.checkpoint import is_pruned_file
+from ultralytics_prune.model import YOLOPrune, our_keys, resumes_our_training, run_recipe
 from ultralytics_prune.preflight import check_dataset, check_device
 from ultralytics_prune.tasks import SUPPORTED
 from ultralytics_prune.tasks import TASKS as PRUNABLE_TASKS
@@ -95,30 +95,17 @@ def load_cfg_file(file: str) -> dict:
 
 
 def needs_us(args: list[str]) -> bool:
-    """True for `prune`, `slim` and a training that needs our trainer (`model.our_trainer`).
+    """True for `prune`, `slim` and a training that needs our trainer: a key of ours set, a pruned checkpoint, or the
+    resume of a training of ours (see `model.our_trainer`, which decides the same for Python).
 
     Raises:
-        UserError: An unknown key or a bad `cfg=` file (with our keys in the "did you mean" list), or a key of ours set
-            for a task we do not prune.
+        UserError: An unknown key or a bad `cfg=` file (with our keys in the "did you mean" list).
     """
     overrides = parse_cli_args(args)
-    if overrides.get("mode") != "train":
+    if overrides.get("mode") != "train" or our_keys(overrides):
         return True
-    model = overrides.get("model") or DEFAULT_CFG.model or "yolo26n.yaml"
-    task = overrides.get("task") or (guess_model_task(model) if Path(str(model)).suffix != ".pt" else None)
-    if task is None:  # a checkpoint: its task comes from the file (a missing file is Ultralytics' to report)
-        task = checkpoint_task(model)
-    return our_trainer(task, overrides, model) is not None
-
-
-def checkpoint_task(file: str) -> str | None:
-    """The task of the model in checkpoint `file`, or None when it cannot be read."""
-    try:
-        from ultralytics.nn.tasks import load_checkpoint
-
-        return guess_model_task(load_checkpoint(file)[0])
-    except Exception:
-        return None
+    model = overrides.get("model")
+    return resumes_our_training(overrides.get("resume"), model) or is_pruned_file(model or "")
 
 
 def without_default_keys(args: list[str]) -> list[str]:
@@ -138,6 +125,24 @@ def hand_over(argv: list[str], debug: str) -> None:
         sys.argv[:] = saved
 
 
+def check_training_inputs(overrides: dict) -> None:
+    """What Ultralytics would find wrong only after making the run folder (or with a traceback): the data, the
+    checkpoint, the device, said in one line. Classification (a folder of images as data) is left to Ultralytics.
+
+    Raises:
+        UserError: `data` is missing or not a readable dataset, the checkpoint does not exist, the device is not there.
+    """
+    model = str(overrides.get("model") or "")
+    if overrides.get("resume") or overrides.get("task") == "classify" or "-cls" in Path(model).stem:
+        return
+    if overrides.get("data") is None:
+        raise UserError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
+    if model.endswith(".pt") and not Path(model).is_file():
+        raise UserError(f"checkpoint '{model}' not found (nothing is downloaded): pass a '.pt' file or a yaml")
+    check_dataset(overrides["data"])
+    check_device(overrides.get("device"))
+
+
 def run(args: list[str]) -> None:
     """Run `train` through `YOLOPrune`, `prune` or `slim` through `run_recipe` (which checks every key once)."""
     overrides = parse_cli_args(args)
@@ -150,13 +155,7 @@ def run(args: list[str]) -> None:
         if model is None:
             model = DEFAULT_CFG.model or "yolo26n.yaml"
             LOGGER.warning(f"'model' argument is missing. Using default 'model={model}'.")
-        if not overrides.get("resume"):  # what Ultralytics would find only after making the run folder
-            if overrides.get("data") is None:
-                raise UserError("'data' argument is missing: pass your dataset, e.g. 'yolo train data=my.yaml ...'")
-            if str(model).endswith(".pt") and not Path(model).is_file():
-                raise UserError(f"checkpoint '{model}' not found (nothing is downloaded): pass a '.pt' file or a yaml")
-            check_dataset(overrides["data"])
-            check_device(overrides.get("device"))
+        check_training_inputs({**overrides, "model": model})
         YOLOPrune(model, task=task).train(**overrides)  # the trainer checks the keys
         return
     if model is None and not overrides.get("resume"):
@@ -214,9 +213,13 @@ def entrypoint(debug: str = "") -> None:
     if not words & set(OUR_MODES) and cfg_file_mode(args) not in OUR_MODES:
         return ultralytics_entrypoint(debug)
     try:
-        if not needs_us(args):
+        if not needs_us(args):  # plain training: Ultralytics' own, once its inputs are known to be there
+            check_training_inputs(parse_cli_args(args))
             return hand_over([argv[0], *without_default_keys(args)], debug)
-        run(args)
+        try:
+            run(args)
+        except KeyboardInterrupt:  # the run said how to resume
+            sys.exit(130)
     except (UserError, ExportMismatch) as e:  # anything else is a bug and keeps its traceback
         if os.getenv("YOLO_PRUNE_DEBUG"):
             raise

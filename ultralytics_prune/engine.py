@@ -9,67 +9,39 @@ many steps there are.
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import shutil
+from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-import torch
 import torch.nn as nn
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
-from ultralytics.utils.files import increment_path
 
 from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint
-from ultralytics_prune.errors import ExportMismatch, UserError
-from ultralytics_prune.finetune_state import RESUME_STATE
+from ultralytics_prune.errors import DiskFull, ExportMismatch, is_disk_full
+from ultralytics_prune.finetune_state import RESUME_STATE, caller_random_state, training_finished
 from ultralytics_prune.graph import hold_modules
-from ultralytics_prune.latency import measure_latency
+from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.dfl import replace_dfl
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS
 from ultralytics_prune.plots import plot_prune_results
 from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
-from ultralytics_prune.report import check_onnx, count_macs_params, export_onnx, log_summary, read_csv, write_csv
+from ultralytics_prune.report import (
+    check_onnx,
+    count_macs_params,
+    export_onnx,
+    log_summary,
+    read_csv,
+    write_atomic,
+    write_csv,
+)
+from ultralytics_prune.run_folder import RunLock, find_resume_dir, new_run_dir, run_args
 from ultralytics_prune.tasks import TASKS, task_of
-
-
-@contextmanager
-def caller_random_state() -> Iterator[None]:
-    """Give the caller back its global random generators.
-
-    Our own code draws from local generators only, but Ultralytics' trainer reseeds the global ones (`init_seeds`)
-    and its validator draws from Python's (`check_file_speeds`, the BGR flip of `Format`).
-    """
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def new_run_dir(path: Path, exist_ok: bool = False) -> Path:
-    """Create and return `path`, or with `exist_ok=False` the next free `path2`, `path3`, ...
-
-    The folder is claimed by `mkdir` itself, so two runs started at once with the same name get different folders.
-    """
-    while True:
-        candidate = increment_path(path, exist_ok=exist_ok)
-        try:
-            candidate.mkdir(parents=True, exist_ok=exist_ok)
-            return candidate
-        except FileExistsError:  # another run took it between the look and the mkdir
-            continue
 
 
 class PruneRun:
@@ -99,10 +71,12 @@ class PruneRun:
         self.args = args
         self.prefix = colorstr(f"{self.mode}: ")
         self.rows: list[dict] = []
+        self.speed: LatencyProbe | None = None  # PyTorch CPU timing against the unpruned model (`start_timing`)
         self.resuming = bool(args.resume)
         if self.resuming:
-            self.save_dir = self.find_resume_dir(args.resume)
-            self.args = get_prune_cfg(overrides={**YAML.load(self.save_dir / "args.yaml"), "resume": False})
+            self.save_dir = find_resume_dir(args.resume, self.project, self.mode, self.result_name)
+            self.lock = RunLock(self.save_dir, f"resuming it ('yolo {self.mode} resume={self.save_dir}')")
+            self.args = get_prune_cfg(overrides={**run_args(self.save_dir), "resume": False})
             self.task = TASKS[self.args.task]
             self.model = None  # loaded by restore()
         else:
@@ -115,6 +89,7 @@ class PruneRun:
             check_imgsz(self.args.imgsz)
             check_disk(self.project, Path(self.args.model), files=4 * self.n_steps + 2)
             self.save_dir = new_run_dir(self.project / (self.args.name or "exp"), self.args.exist_ok)
+            self.lock = RunLock(self.save_dir, "starting another run in it (pass another 'name=')")
             tmp = self.save_dir / ".args.yaml.tmp"
             YAML.save(tmp, vars(self.args))
             tmp.replace(self.save_dir / "args.yaml")  # a killed start never leaves a half-written args.yaml
@@ -151,18 +126,33 @@ class PruneRun:
 
     # the run ----------------------------------------------------------------------------------------------------------
     def __call__(self) -> Path:
-        """Run every step (see module docstring) and return the path of the final checkpoint."""
-        with caller_random_state():
-            start = self.restore() if self.resuming else self.begin()
-            for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
-                             initial=start - 1):  # fmt: skip
-                if not self.run_step(step):
-                    break
-            return self.finish()
+        """Run every step (see module docstring) and return the path of the final checkpoint.
+
+        Ctrl-C (KeyboardInterrupt) says in one line how to go on and is raised again; the run resumes as after a kill.
+        """
+        try:
+            with caller_random_state():
+                start = self.restore() if self.resuming else self.begin()
+                for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
+                                 initial=start - 1):  # fmt: skip
+                    if not self.run_step(step):
+                        break
+                return self.finish()
+        except KeyboardInterrupt:
+            LOGGER.warning(f"{self.prefix}interrupted; 'yolo {self.mode} resume={self.save_dir}' goes on from here")
+            raise
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            raise DiskFull(f"no space left to write in {self.save_dir} ({type(e).__name__}: {e}); every file written "
+                           f"before is intact: free space, then 'yolo {self.mode} resume={self.save_dir}'") from e
+        finally:
+            self.lock.release()
 
     def begin(self) -> int:
         """Swap in the block twins and record the unpruned model as row 0; return the first step."""
         self.swap_twins(self.model)
+        self.start_timing(self.model)
         row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model),
                **self.map_columns(self.validate(self.model))}  # fmt: skip
         self.record(row)
@@ -171,6 +161,8 @@ class PruneRun:
     def run_step(self, step: int) -> bool:
         """Remove, validate, fine-tune, validate, measure, record; False when the stop rule ended the run."""
         step_dir = self.save_dir / f"step{step}"
+        if step_dir.exists() and not any(step_dir.rglob(RESUME_STATE)):  # a step redone from its start after a kill
+            shutil.rmtree(step_dir)
         done = self.remove(step)
         self.model.zero_grad(set_to_none=True)
         if self.args.recalibrate:
@@ -207,7 +199,7 @@ class PruneRun:
         if self.args.onnx:
             onnx_file = export_onnx(self.final_file, self.args.imgsz)
             check = check_onnx(onnx_file, self.model, self.args.imgsz)
-            (self.save_dir / "onnx_check.json").write_text(json.dumps({"file": str(onnx_file), **check}, indent=2))
+            write_atomic(self.save_dir / "onnx_check.json", json.dumps({"file": str(onnx_file), **check}, indent=2))
             status = "matches" if check["match"] else "DOES NOT match"
             LOGGER.info(
                 f"{self.prefix}ONNX {onnx_file.name} {status} PyTorch (max abs diff {check['max_abs_diff']:.2e}), "
@@ -234,10 +226,17 @@ class PruneRun:
         validator = self.task.validator(save_dir=self.save_dir / "val", args=args)
         return self.task.metric_columns(validator(model=deepcopy(model).float()))
 
+    def start_timing(self, unpruned: nn.Module) -> None:
+        """Time every row against `unpruned` from now on (see `measure`)."""
+        self.speed = LatencyProbe(unpruned, self.args.imgsz, "torch")
+
     def measure(self, model: nn.Module) -> dict:
-        """MACs (G), parameters (M) and PyTorch CPU latency (ms) at the run's image size."""
+        """MACs (G), parameters (M), PyTorch CPU latency (ms) at the run's image size and the speed-up over the
+        unpruned model, timed in the same interleaved rounds (latencies taken minutes apart do not compare)."""
         macs, params = count_macs_params(model, self.args.imgsz)
-        return {"macs_G": macs / 1e9, "params_M": params / 1e6, "latency_ms": measure_latency(model, self.args.imgsz)}
+        model_ms, unpruned_ms = self.speed.measure(model)
+        speedup = 1.0 if not self.rows else unpruned_ms / model_ms  # row 0 is the unpruned model
+        return {"macs_G": macs / 1e9, "params_M": params / 1e6, "latency_ms": model_ms, "speedup": speedup}
 
     @staticmethod
     def map_columns(pre: dict[str, float], post: dict[str, float] | None = None) -> dict[str, float]:
@@ -276,14 +275,17 @@ class PruneRun:
         trainer.state_file = step_dir / "weights" / RESUME_STATE
         if setup is not None:
             setup(trainer)
+        finished = False
         if self.resuming and trainer.state_file.exists():  # killed inside this fine-tune: go on from its last epoch
             trainer.continue_from = trainer.state_file
+            finished = training_finished(trainer.state_file)  # killed after its last epoch: nothing left to train
         poisoned_best = []  # Ultralytics writes NaN weights as zeros (nan_to_num), so look before it saves
         trainer.add_callback("on_model_save", lambda t: poisoned_best.append(first_non_finite(t.ema.ema))
                              if t.best_fitness == t.fitness else None)  # fmt: skip
         reason = None
         try:
-            trainer.train()
+            if not finished:
+                trainer.train()
         except RuntimeError as e:  # Ultralytics' NaN recovery gives up with a RuntimeError naming NaN
             if "NaN" not in str(e):
                 raise
@@ -355,32 +357,6 @@ class PruneRun:
         return self.save_dir / f"step{step}" / "weights" / "step.pt"
 
     # resume -----------------------------------------------------------------------------------------------------------
-    def find_resume_dir(self, resume) -> Path:
-        """The run folder to resume: `resume=path` (the folder or a file in it) or the latest unfinished run."""
-        if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"}:
-            path = Path(resume)
-            path = path if path.is_dir() else path.parent
-            if not (path / "args.yaml").exists():
-                raise UserError(f"'resume={resume}' is not a {self.mode} run folder (no args.yaml in {path})")
-            if self.is_finished(path):
-                raise UserError(f"'resume={resume}': that {self.mode} run is finished ({self.result_name}.pt exists)")
-            return path
-        runs = sorted((p.parent for p in self.project.glob("*/args.yaml")), key=lambda p: p.stat().st_mtime)
-        unfinished = [p for p in runs if not self.is_finished(p)]
-        if not unfinished:
-            raise UserError(f"no unfinished {self.mode} run in {self.project} to resume: pass 'resume=<run folder>'")
-        return unfinished[-1]
-
-    def is_finished(self, folder: Path) -> bool:
-        """True when the run in `folder` saved its result and, if it exports, checked its ONNX file."""
-        if not (folder / "weights" / f"{self.result_name}.pt").exists():
-            return False
-        try:
-            onnx = (YAML.load(folder / "args.yaml") or {}).get("onnx", True)
-        except Exception:  # an unreadable args.yaml: nothing to resume from anyway
-            return True
-        return not onnx or (folder / "onnx_check.json").exists()
-
     def restore(self) -> int:
         """Reload the rows and the last finished step's model; return the next step.
 
@@ -396,5 +372,6 @@ class PruneRun:
             return self.n_steps + 1
         last = int(self.rows[-1]["step"])
         self.model = self.load(self.step_file(last)) if last else self.input_model()
+        self.start_timing(self.input_model() if last else self.model)
         LOGGER.info(f"{self.prefix}resuming {self.save_dir} after step {last}")
         return last + 1

@@ -1,4 +1,9 @@
-"""The one exception type for a user's mistake: the CLI prints it as one line; every other exception is a bug."""
+"""The exceptions the CLI prints as one line (a user's mistake, a full disk, an export that does not match); every
+other exception is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import errno
 
 
 class UserError(ValueError):
@@ -14,3 +19,21 @@ class ExportMismatch(RuntimeError):
 
     The run's PyTorch checkpoint is saved; the `yolo` command prints the numbers as one line and exits with status 1.
     """
+
+
+class DiskFull(UserError):
+    """A write failed for lack of space; every file written before it is intact (all writes are temp + rename)."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True when `e` (or what caused it) is a write that failed for lack of space.
+
+    torch.save does not raise OSError: its zip writer reports a failed write as a RuntimeError ("file write failed").
+    """
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, RuntimeError) and "file write failed" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 
@@ -46,11 +48,26 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+@contextmanager
+def caller_random_state() -> Iterator[None]:
+    """Give the caller back its global random generators after the block.
+
+    The pruning loop draws from local generators only, but Ultralytics' trainer reseeds the global ones (`init_seeds`)
+    and its validator draws from Python's (`check_file_speeds`, the BGR flip of `Format`).
+    """
+    states = _rng_states()
+    try:
+        yield
+    finally:
+        _set_rng_states(states)
+
+
 def save_training_state(trainer, file: str | Path) -> Path:
     """Write the state of `trainer` at the end of its current epoch to `file` (temp file, then rename)."""
     file = Path(file)
     state = {
         "epoch": trainer.epoch,
+        "finished": bool(trainer.stop),  # Ultralytics decides the last epoch before it saves
         "model": deepcopy(unwrap_model(trainer.model).state_dict()),
         "ema": deepcopy(trainer.ema.ema.state_dict()) if trainer.ema else None,
         "updates": trainer.ema.updates if trainer.ema else 0,
@@ -64,8 +81,11 @@ def save_training_state(trainer, file: str | Path) -> Path:
         "results_csv": trainer.csv.read_text(encoding="utf-8") if trainer.csv.exists() else None,
     }
     tmp = file.with_name(f".{file.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, file)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)  # what a failed write (a full disk) left
     return file
 
 
@@ -97,8 +117,30 @@ def restore_training_state(trainer, file: str | Path) -> bool:
     if state["results_csv"] is not None:
         trainer.csv.write_text(state["results_csv"], encoding="utf-8")
     _set_rng_states(state["rng"])
-    LOGGER.info(f"continuing the interrupted fine-tune from {file} at epoch {trainer.start_epoch + 1}")
+    LOGGER.info(f"continuing the interrupted fine-tune from {file} at epoch {trainer.start_epoch + 1} of "
+                f"{trainer.epochs}" + ("" if not (why := inexact_continuation(trainer)) else
+                                       f"; it will not match a run never stopped bit for bit: {why}"))  # fmt: skip
     return True
+
+
+def training_finished(file: str | Path) -> bool:
+    """True when the state in `file` was saved after the fine-tune's last epoch (nothing is left to train)."""
+    return bool(torch.load(file, map_location="cpu", weights_only=False).get("finished"))
+
+
+def inexact_continuation(trainer) -> str:
+    """Why a fine-tune continued from its saved state cannot follow the run never stopped exactly ('' when it can)."""
+    reasons = []
+    accumulate = max(round(trainer.args.nbs / trainer.batch_size), 1)
+    batches = len(trainer.train_loader)
+    if batches % accumulate:
+        reasons.append(f"its epochs end inside a gradient accumulation ({batches} batches of {trainer.batch_size}, "
+                       f"nbs={trainer.args.nbs} accumulates {accumulate}; nbs=batch avoids it)")  # fmt: skip
+    if trainer.args.workers and trainer.device.type == "cpu":
+        reasons.append(f"workers={trainer.args.workers} loader processes restart their augmentation streams")
+    if not trainer.args.deterministic:
+        reasons.append("deterministic=False")
+    return "; ".join(reasons)
 
 
 def epoch_shuffle(loader, seed: int, epoch: int) -> None:

@@ -99,11 +99,6 @@ def onnx_runner(file: str | Path, imgsz: int, threads: int = 0, device: str = "c
     return lambda: session.run(None, feed)
 
 
-def measure_latency(model: nn.Module, imgsz: int, runs: int = 20, warmup: int = 3) -> float:
-    """Median PyTorch CPU latency (ms) of the fused model on one image."""
-    return float(np.median(time_interleaved([torch_runner(model, imgsz)], runs, warmup)[0]))
-
-
 def onnx_latencies(files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0) -> list:
     """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, measured in interleaved rounds."""
     times = time_interleaved([onnx_runner(f, imgsz, threads) for f in files], rounds, warmup)

@@ -16,31 +16,42 @@ HIST_CENTERS = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
 
 @plt_settings()
 def plot_prune_results(rows: list[dict], file: str | Path, metric: str = "mAP50-95") -> Path:
-    """Plot MACs, parameters, mAP (after the cut and after fine-tuning) and latency against the pruning step.
+    """Plot the task's mAP50-95 against MACs and against the measured speed-up, parent and every step, and the
+    shares of MACs and parameters left per step.
 
     Args:
         rows (list[dict]): The rows of `<mode>_results.csv`, row 0 the unpruned model.
         file (str | Path): PNG path to write.
-        metric (str): The task's own mAP50-95 column (e.g. `mask_mAP50-95`); the box mAP50-95 is drawn beside it.
+        metric (str): The task's own mAP50-95 column (e.g. `mask_mAP50-95`).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(2, 2, figsize=(11, 7), tight_layout=True)
-    ax[0, 0].plot(steps, [r["macs_G"] for r in rows], "o-")
-    ax[0, 0].set_title("MACs (G)")
-    ax[0, 1].plot(steps, [r["params_M"] for r in rows], "o-")
-    ax[0, 1].set_title("parameters (M)")
-    ax[1, 0].plot(steps, [r[f"{metric}_pre"] for r in rows], "o--", label=f"{metric} after pruning")
-    ax[1, 0].plot(steps, [r[f"{metric}_post"] for r in rows], "o-", label=f"{metric} after fine-tuning")
-    second = "mAP50" if metric == "mAP50-95" else "mAP50-95"  # box mAP50, or the box metric beside a task's own
-    ax[1, 0].plot(steps, [r[f"{second}_post"] for r in rows], "s:", label=f"box {second} after fine-tuning")
-    ax[1, 0].set_title("mAP")
-    ax[1, 0].legend()
-    ax[1, 1].plot(steps, [r["latency_ms"] for r in rows], "o-")
-    ax[1, 1].set_title("CPU latency, PyTorch (ms)")
-    for a in ax.ravel():
-        a.set_xlabel("step (0 = unpruned)")
+    pre, post = [r[f"{metric}_pre"] for r in rows], [r[f"{metric}_post"] for r in rows]
+    speedups = [r.get("speedup", float("nan")) for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.6), tight_layout=True)
+    for a, xs, label in ((ax[0], [r["macs_G"] for r in rows], "GMACs"),
+                         (ax[1], speedups, "measured speed-up, PyTorch CPU (x, in turns with the parent)")):  # fmt: skip
+        a.plot(xs[1:], pre[1:], "o", mfc="none", color="tab:orange", label=f"{metric} right after the cut")
+        a.plot(xs, post, "o-", color="tab:blue", label=f"{metric} after fine-tuning")
+        a.plot(xs[:1], post[:1], "*", ms=16, color="black", label="parent")
+        for x, y, step in zip(xs, post, steps):
+            a.annotate(str(step), (x, y), textcoords="offset points", xytext=(5, 5))
+        a.set_xlabel(label)
+        a.set_ylabel(metric)
+        a.legend(fontsize=8)
+    ax[0].invert_xaxis()  # pruning goes right
+    ax[0].set_title(f"{metric} against MACs (numbers: steps)")
+    ax[1].set_title(f"{metric} against speed-up")
+    ax[2].plot(steps, [r["macs_G"] / rows[0]["macs_G"] for r in rows], "o-", label="MACs left")
+    ax[2].plot(steps, [r["params_M"] / rows[0]["params_M"] for r in rows], "s-", label="parameters left")
+    ax[2].plot(steps, [1 / s for s in speedups], "^-", label="latency left (PyTorch CPU)")
+    ax[2].set_xlabel("step (0 = parent)")
+    ax[2].set_title("share of the parent's")
+    ax[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[2].legend(fontsize=8)
+    for a in ax:
         a.grid(alpha=0.3)
     return _save(fig, file)
 
@@ -98,12 +109,17 @@ def plot_gamma_before_after(histograms: dict[str, np.ndarray], file: str | Path,
 
 
 def _save(fig, file: str | Path) -> Path:
-    """Write `fig` to `file` and close it."""
+    """Write `fig` to `file` (a temp file, then renamed: a reader never sees half a picture) and close it."""
     import matplotlib.pyplot as plt
 
     file = Path(file)
-    fig.savefig(file, dpi=120)
-    plt.close(fig)
+    tmp = file.with_name(f".{file.stem}.tmp{file.suffix}")
+    try:
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(file)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return file
 
 
@@ -133,7 +149,7 @@ def plot_benchmark(rows: list[dict], file: str | Path) -> Path:
 
 @plt_settings()
 def plot_sensitivity(rows: list[dict], file: str | Path, rate: float) -> Path:
-    """Bars of the mAP lost by pruning each layer alone, and the ratio each layer was given for the run.
+    """Bars of the loss added by pruning each layer alone, and the ratio each layer was given for the run.
 
     Args:
         rows (list[dict]): Rows of `sensitivity.csv` (`layer`, `drop`, `ratio`).
@@ -145,7 +161,7 @@ def plot_sensitivity(rows: list[dict], file: str | Path, rate: float) -> Path:
     x = np.arange(len(rows))
     fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.3), 7), sharex=True, tight_layout=True)
     ax0.bar(x, [r["drop"] for r in rows], color="tab:red")
-    ax0.set_ylabel("mAP50-95 lost, pruned alone")
+    ax0.set_ylabel("training loss added, pruned alone")
     ax0.set_title(f"per-layer sensitivity at rate {rate:g} (no fine-tuning)")
     ax1.bar(x, [r["ratio"] for r in rows], color="tab:blue")
     ax1.axhline(rate, color="k", linestyle="--", label=f"uniform rate {rate:g}")

@@ -13,7 +13,13 @@ from ultralytics.nn.modules.block import Attention
 from ultralytics.utils import LOGGER
 
 from ultralytics_prune.attention import prune_attention
-from ultralytics_prune.calibrate import loss_gradients, recalibrate_batchnorm, squared_gradients, training_images
+from ultralytics_prune.calibrate import (
+    eval_loss,
+    loss_gradients,
+    recalibrate_batchnorm,
+    squared_gradients,
+    training_batches,
+)
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
 from ultralytics_prune.graph import held_layers, hold_modules
@@ -30,6 +36,7 @@ LATENCY_HEADROOM = 1.15  # a latency goal first cuts to this many times its shar
 # With latency_aware, every layer keeps at least this share of the width a uniform cut would leave it: per millisecond,
 # a flat ranking (e.g. an untrained model) would otherwise empty the slow layers down to `round_to` channels.
 MIN_KEEP = 0.5
+SENSITIVITY_IMAGES = 64  # training images the sensitivity scan measures each layer's cut on
 
 
 def step_ratios(rate: float, steps: int) -> list[float]:
@@ -265,24 +272,26 @@ class DepGraphPruner(PruneRun):
         if not self.args.sensitivity or not self.args.rate:
             return ratio
         if not hasattr(self, "_sensitivity"):
-            base = self.rows[0][f"{self.task.metric}_post"]
-            self._sensitivity = sensitivity_ratios(self.save_dir / "sensitivity.csv", base, self.args.rate, self.scan,
+            self._sensitivity = sensitivity_ratios(self.save_dir / "sensitivity.csv", self.args.rate, self.scan,
                                                    plot=self.args.plots)  # fmt: skip
         return min(0.95, self._sensitivity.get(name, self.args.rate) * ratio / self.args.rate)
 
-    def scan(self) -> list[dict]:
-        """The sensitivity scan of the unpruned model (see `sensitivity.scan_sensitivity`)."""
+    def scan(self) -> tuple[float, list[dict]]:
+        """The unpruned model's loss and the sensitivity scan of it (see `sensitivity`), on `SENSITIVITY_IMAGES`
+        training images loaded once (BatchNorm re-estimated on them after each cut when `recalibrate` is on)."""
         model = self.model if not self.rows[1:] else self.input_model()
-        n = min(self.args.recalibrate, 64)
-        images = list(training_images(ultralytics_args(self.args), n)) if n else []  # loaded once for every layer
+        args = ultralytics_args(self.args)
+        batches = list(training_batches(args, SENSITIVITY_IMAGES))
+        images = [b["img"].float() / 255 for b in batches] if self.args.recalibrate else []
 
         def evaluate(copy: nn.Module) -> float:
             if images:
                 recalibrate_batchnorm(copy, images)
-            return self.validate(copy)[self.task.metric]
+            return eval_loss(copy, args, batches)
 
-        return scan_sensitivity(model, self.make_pruner, self.original_widths, self.args.rate, self.args.round_to,
+        rows = scan_sensitivity(model, self.make_pruner, self.original_widths, self.args.rate, self.args.round_to,
                                 evaluate)  # fmt: skip
+        return eval_loss(deepcopy(model), args, batches), rows
 
     def prune_to_macs(self, target_macs: float) -> dict:
         """Raise the cumulative ratio in small increments until the model's MACs are at most `target_macs`."""

@@ -82,6 +82,18 @@ def export_onnx(weights: str | Path, imgsz: int) -> Path:
     return Path(yolo.export(format="onnx", imgsz=imgsz, device="cpu", simplify=True, verbose=False))
 
 
+def write_atomic(file: str | Path, text: str) -> Path:
+    """Write `text` to `file` through a temp file and a rename, so the file is always whole (or the old one)."""
+    file = Path(file)
+    tmp = file.with_name(f".{file.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return file
+
+
 def write_csv(rows: list[dict], file: str | Path) -> Path:
     """Write `rows` (dicts with the same keys) to a CSV file, replacing it atomically."""
     file = Path(file)
@@ -115,7 +127,8 @@ def log_summary(mode: str, first: dict, last: dict, metric: str = "mAP50-95") ->
         f"{colorstr(f'{mode}: ')}MACs {first['macs_G']:.3f}G -> {last['macs_G']:.3f}G, "
         f"params {first['params_M']:.3f}M -> {last['params_M']:.3f}M, "
         f"{metric} {first[f'{metric}_post']:.4f} -> {last[f'{metric}_post']:.4f}, "
-        f"CPU latency {first['latency_ms']:.2f}ms -> {last['latency_ms']:.2f}ms"
+        f"PyTorch CPU latency {first['latency_ms']:.2f}ms -> {last['latency_ms']:.2f}ms"
+        + (f" (x{last['speedup']:.2f}, timed in turns)" if "speedup" in last else "")
     )
     LOGGER.info(line)
     return line

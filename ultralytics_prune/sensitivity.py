@@ -1,8 +1,10 @@
-"""Per-layer sensitivity: how much mAP each prunable layer loses when it alone is pruned, and the ratios it earns.
+"""Per-layer sensitivity: how much each prunable layer hurts the model when it alone is pruned, and the ratios it earns.
 
-A quick scan before the first step (`sensitivity=True`): every prunable group of a copy of the model is pruned alone
-to the run's final rate, its BatchNorm statistics re-estimated, and the copy validated without fine-tuning. Layers
-that lose more then keep more (`widths.allocate_ratios`), for the same share of channels removed overall.
+A scan before the first step (`sensitivity=True`): every prunable group of a copy of the model is pruned alone to the
+run's final rate, its BatchNorm statistics re-estimated, and the copy's training loss measured in eval mode on a
+fixed set of training images (`calibrate.eval_loss`): a label-aware measure whose cost is bounded by that set, not by
+the validation split, and that needs no NMS. Layers whose cut raises the loss more keep more
+(`widths.allocate_ratios`), for the same share of channels removed overall.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch.nn as nn
-from ultralytics.utils import TQDM
+from ultralytics.utils import TQDM, colorstr
 
 from ultralytics_prune.group_pruner import GroupPruner
 from ultralytics_prune.plots import plot_sensitivity
@@ -36,33 +38,32 @@ def scan_sensitivity(
         originals (dict[str, int]): Original width of each group's root, by name.
         rate (float): The ratio each group is pruned to.
         round_to (int): Width rounding, as in the run.
-        evaluate (Callable): mAP50-95 of a pruned copy (it may re-estimate BatchNorm statistics first).
+        evaluate (Callable): The loss of a pruned copy (it may re-estimate BatchNorm statistics first).
 
     Returns:
-        (list[dict]): One row per group: `layer`, `channels`, `kept`, `mAP50-95` with that layer pruned alone.
+        (list[dict]): One row per group: `layer`, `channels`, `kept`, `loss` with that layer pruned alone.
     """
     names = make_pruner(deepcopy(model)).names
     rows = []
-    for i, name in enumerate(TQDM(names, desc="sensitivity scan")):
+    for i, name in enumerate(TQDM(names, desc=colorstr("prune: ") + "sensitivity scan")):
         copy = deepcopy(model)
         pruner = make_pruner(copy)
         widths = pruner.widths()
         widths[i] = kept_width(originals[name], rate, round_to, widths[i])
         pruner.prune(widths)
-        rows.append({"layer": name, "channels": originals[name], "kept": widths[i], "mAP50-95": evaluate(copy)})
+        rows.append({"layer": name, "channels": originals[name], "kept": widths[i], "loss": evaluate(copy)})
     return rows
 
 
 def sensitivity_ratios(
-    file: Path, base_map: float, rate: float, scan: Callable[[], list[dict]], plot: bool = True
+    file: Path, rate: float, scan: Callable[[], tuple[float, list[dict]]], plot: bool = True
 ) -> dict[str, float]:
     """The per-layer ratios of a run: read from `file` when a scan was saved there (resume), else scanned and saved.
 
     Args:
         file (Path): `sensitivity.csv` of the run.
-        base_map (float): mAP50-95 of the unpruned model.
         rate (float): The run's overall ratio.
-        scan (Callable): Runs `scan_sensitivity` for this run.
+        scan (Callable): The unpruned model's loss and the rows of `scan_sensitivity` for this run.
         plot (bool): Also draw `sensitivity.png` beside the CSV.
 
     Returns:
@@ -70,8 +71,8 @@ def sensitivity_ratios(
     """
     if file.exists():
         return {r["layer"]: float(r["ratio"]) for r in read_csv(file)}
-    rows = scan()
-    drops = [base_map - r["mAP50-95"] for r in rows]
+    base_loss, rows = scan()
+    drops = [r["loss"] - base_loss for r in rows]
     ratios = allocate_ratios([r["channels"] for r in rows], drops, rate)
     rows = [{**r, "drop": d, "ratio": q} for r, d, q in zip(rows, drops, ratios)]
     write_csv(rows, file)
