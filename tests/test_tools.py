@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import tools.voc2yolo as voc2yolo  # noqa: E402
 from tools.make_dataset import SHAPES, draw_shape_mask, make_synthetic_dataset, mask_to_box  # noqa: E402
@@ -499,3 +501,17 @@ def test_benchmark_bad_options_one_line(bad, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--data", "d.yaml", "--model", "m.pt", *bad])
     assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_gpu_check_without_cuda_is_one_line_and_exit_2(tmp_path):
+    from tools.gpu_check import NO_CUDA
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tools/gpu_check.py runs for real here")
+    out = tmp_path / "gpu"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout.strip() == NO_CUDA and not done.stderr.strip(), done
+    assert not out.exists()

@@ -12,7 +12,7 @@ each repeat's own ratio, with the lowest and highest repeat beside it. Repeats, 
 spells of 10-20 s that hit a small model harder than a large one: on this project's 2-vCPU machine, yolov8s and
 itself pruned (MACs x3.95), one process, two threads, gave 0.82 to 0.99 from one 30-round measurement to the next
 (the pruned model 37.6 ms in quiet spells, 48-51 ms in slow ones; the unpruned 144 and 160-166 ms).
-`--dfl last-axis` gives every model the box decoder that pruned models are saved with (`patches.dfl`) before it is
+`--dfl last-axis` gives every model the box decoder that the pruning runs export with (`patches.dfl`) before it is
 exported and timed, so that an unpruned model is compared on the same head; by default each checkpoint runs as it
 was saved (what `yolo export` of it gives). Writes latency.csv, latency.json and latency.png in `--out`.
 """
