@@ -30,6 +30,7 @@ from ultralytics_prune.sparsity import gamma_histogram, gamma_stats
 from ultralytics_prune.weight_sparsity import hold_zero_weights
 
 PREFIX = colorstr("prune: ")
+ACCURACY_FALL = 0.2  # sparsity training warns once when mAP50-95 falls this share below its best so far
 SPARSITY_PREFIX = colorstr("sparsity: ")
 
 
@@ -155,6 +156,7 @@ class SparsityMixin:
         self._gamma_histograms: list = []
         self._first_median: float | None = None
         self._warned = False
+        self._best_map, self._accuracy_warned = 0.0, False
 
     @property
     def prunable_bns(self) -> list[nn.BatchNorm2d]:
@@ -219,6 +221,21 @@ class SparsityMixin:
             f"to zero over {self.epochs} epochs (use optimizer=SGD)"
         )
 
+    def check_accuracy(self, metrics: dict, stats: dict) -> None:
+        """Say once when mAP50-95 fell more than `ACCURACY_FALL` below its best so far while the gammas sank: the L1
+        term is then pushing out what the model needs, not what it can lose."""
+        now = metrics.get("metrics/mAP50-95(B)")
+        if self.args.sr <= 0 or now is None or RANK not in {-1, 0} or self._accuracy_warned:
+            return
+        self._best_map = max(self._best_map, now)
+        if self._best_map > 0 and now < (1 - ACCURACY_FALL) * self._best_map:
+            self._accuracy_warned = True
+            LOGGER.warning(
+                f"{SPARSITY_PREFIX}mAP50-95 fell to {now:.3f} from {self._best_map:.3f} while the median |gamma| sank "
+                f"to {stats['gamma/median']:.3g}: sr={self.args.sr:g} removes what the model needs; a smaller sr "
+                f"(e.g. {self.args.sr / 4:.2g}) or sr_decay keeps its accuracy while the gammas sink"
+            )
+
     def save_metrics(self, metrics: dict):
         """Add |gamma| statistics to results.csv and redraw the gamma heat-map."""
         bns = self.prunable_bns
@@ -226,6 +243,7 @@ class SparsityMixin:
         super().save_metrics({**metrics, **stats})
         self._gamma_histograms.append(gamma_histogram(bns))
         self.check_sparsity(stats)
+        self.check_accuracy(metrics, stats)
         if self.args.plots:
             plot_gamma_heatmap(self._gamma_histograms, self.save_dir / "gamma.png", title=f"|gamma| sr={self.args.sr}")
 

@@ -478,3 +478,31 @@ def test_gamma_histogram_bins():
     assert h[-1] == 1, "|-50| is above 10: last bin"
     assert h[10] == h[30] == h[40] == 1
     assert h.sum() - h[[0, 10, 30, 40, 49]].sum() == 0
+
+
+def test_sparsity_training_on_from_a_checkpoint_starts_without_warmup(synthetic_data, tmp_path):
+    from ultralytics_prune.checkpoint import save_checkpoint
+    from ultralytics_prune.model import CONTINUE_DEFAULTS
+
+    ckpt = save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False), tmp_path / "trained.pt")
+    keys = dict(data=str(synthetic_data), epochs=1, imgsz=64, batch=16, workers=0, plots=False, val=False,
+                project=str(tmp_path), exist_ok=True, sr=1e-3)  # fmt: skip
+    model = YOLOPrune(str(ckpt))
+    model.train(name="on", **keys)
+    assert {k: getattr(model.trainer.args, k) for k in CONTINUE_DEFAULTS} == CONTINUE_DEFAULTS
+    mine = YOLOPrune(str(ckpt))
+    mine.train(name="mine", warmup_epochs=1.0, **keys)
+    assert mine.trainer.args.warmup_epochs == 1.0, "a key the user sets wins"
+
+
+def test_sparsity_training_says_once_when_accuracy_falls(logged):
+    from types import SimpleNamespace
+
+    from ultralytics_prune.patches.trainer import ACCURACY_FALL, SparsityMixin
+
+    trainer = SimpleNamespace(args=SimpleNamespace(sr=1e-3), _best_map=0.0, _accuracy_warned=False)
+    stats = {"gamma/median": 0.3}
+    with logged(logging.WARNING) as warnings:
+        for now in (0.50, 0.52, 0.52 * (1 - ACCURACY_FALL) + 0.01, 0.52 * (1 - ACCURACY_FALL) - 0.01, 0.1):
+            SparsityMixin.check_accuracy(trainer, {"metrics/mAP50-95(B)": now}, stats)
+    assert len(warnings) == 1 and "fell to 0.406 from 0.520" in warnings[0] and "sr=0.001" in warnings[0], warnings

@@ -125,9 +125,7 @@ def load_model(weights: str | Path) -> nn.Module:
     return make_trainable(model.float())
 
 
-def save_checkpoint(
-    model: nn.Module, file: str | Path, train_args: dict | None = None, plain: bool = True, **extra
-) -> Path:
+def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None = None, **extra) -> Path:
     """Save `model` in FP32 as an Ultralytics-loadable checkpoint; written to a temp file, then renamed.
 
     The copy that is saved holds only Ultralytics' classes (`to_plain`), no loss criterion and no `args` (Ultralytics
@@ -138,8 +136,6 @@ def save_checkpoint(
         model (nn.Module): The model to save; it is copied, not modified.
         file (str | Path): Destination `.pt` path.
         train_args (dict | None): Arguments stored as `train_args`.
-        plain (bool): Save Ultralytics' classes (see above); False keeps the twins (a file only this package reads,
-            e.g. to export the twins' graph for per-layer timing).
         **extra: More entries for the checkpoint dict (e.g. `prune_results`).
 
     Returns:
@@ -152,8 +148,7 @@ def save_checkpoint(
     file.parent.mkdir(parents=True, exist_ok=True)
     snapshot = deepcopy(model).float().eval()
     try:
-        if plain:
-            to_plain(snapshot)
+        to_plain(snapshot)
     except ValueError as e:
         snapshot = deepcopy(model).float().eval()
         LOGGER.warning(f"{file}: {e}; it loads only where ultralytics-prune is installed")
@@ -171,10 +166,17 @@ def save_checkpoint(
         "train_args": dict(train_args or {}),
         **extra,
     }
+    return save_atomic(ckpt, file)
+
+
+def save_atomic(obj, file: str | Path) -> Path:
+    """`torch.save` to a temp file renamed over `file`: the file is always whole (or the old one); a failed write
+    (a full disk) leaves no temp file behind."""
+    file = Path(file)
     tmp = file.with_name(f".{file.name}.tmp")
     try:
-        torch.save(ckpt, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, file)
     finally:
-        tmp.unlink(missing_ok=True)  # what a failed write (a full disk) left
+        tmp.unlink(missing_ok=True)
     return file

@@ -18,7 +18,6 @@ the last batches of the killed epoch is lost, as with Ultralytics' own resume.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
+
+from ultralytics_prune.checkpoint import save_atomic
 
 RESUME_STATE = "resume_state.pt"  # next to Ultralytics' last.pt in a fine-tune's weights folder
 
@@ -80,13 +81,7 @@ def save_training_state(trainer, file: str | Path) -> Path:
         "rng": _rng_states(),
         "results_csv": trainer.csv.read_text(encoding="utf-8") if trainer.csv.exists() else None,
     }
-    tmp = file.with_name(f".{file.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)  # what a failed write (a full disk) left
-    return file
+    return save_atomic(state, file)
 
 
 def restore_training_state(trainer, file: str | Path) -> bool:

@@ -240,8 +240,7 @@ class LatencyTable:
         fewer channels) on `backend` (`onnxruntime`, `torch` or `cuda`) at `imgsz`, in interleaved turns."""
         if backend == "onnxruntime":
             with contextlib.ExitStack() as stack:
-                # the twins' graph: each half's conv is a node of its own that the profile can time
-                files = [stack.enter_context(exported(m, imgsz, plain=False)) for m in models]
+                files = [stack.enter_context(exported(m, imgsz)) for m in models]
                 measured = onnx_layer_times(files, imgsz)
         else:
             measured = torch_layer_times(models, imgsz, "cuda" if backend == "cuda" else "cpu")

@@ -36,11 +36,10 @@ def quiet_exports():
 
 
 @contextmanager
-def exported(model: nn.Module, imgsz: int, plain: bool = True) -> Iterator[Path]:
-    """The ONNX file of `model` as a user would export it (`plain=False`: the twins' graph, each half a node), in a
-    temporary folder removed on exit."""
+def exported(model: nn.Module, imgsz: int) -> Iterator[Path]:
+    """The ONNX file of `model` as a run exports it (`report.export_onnx`), in a temporary folder removed on exit."""
     with tempfile.TemporaryDirectory(prefix="ultralytics-prune-latency-") as tmp, quiet_exports():
-        yield export_onnx(save_checkpoint(model, Path(tmp) / "probe.pt", plain=plain), imgsz)
+        yield export_onnx(save_checkpoint(model, Path(tmp) / "probe.pt"), imgsz)
 
 
 def backend_runner(model: nn.Module, imgsz: int, backend: str):

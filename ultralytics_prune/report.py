@@ -15,6 +15,7 @@ from ultralytics.utils import LOGGER, colorstr
 
 from ultralytics_prune.graph import example_input
 from ultralytics_prune.latency import time_interleaved
+from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.dfl import replace_dfl
 
 
@@ -75,9 +76,13 @@ def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float 
 def export_onnx(weights: str | Path, imgsz: int) -> Path:
     """Export a saved checkpoint to ONNX with Ultralytics' exporter (CPU, fixed shape) and return the file.
 
-    The box decoder is exported as `LastAxisDFL` (the same function; onnxruntime runs it faster, see `patches.dfl`).
+    The graph is the one onnxruntime runs fastest, the same function as the checkpoint: the box decoder as `LastAxisDFL`
+    (see `patches.dfl`) and each C2f-like block's two halves as two convolutions, not one split in two (measured on a
+    pruned yolov8s at 640 px: 38.8 against 39.8 ms, two threads). `yolo export` of the checkpoint gives Ultralytics'
+    own graph.
     """
     yolo = YOLO(str(weights))
+    replace_blocks(yolo.model)
     replace_dfl(yolo.model)
     return Path(yolo.export(format="onnx", imgsz=imgsz, device="cpu", simplify=True, verbose=False))
 
