@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import LOGGER
 from ultralytics_prune.cfg import IMPORTANCES, get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
@@ -455,3 +456,15 @@ def test_no_import_cycle_and_no_long_module():
 
     for name in modules:
         visit(name, [])
+
+
+def test_one_banner_per_run(logged):
+    from ultralytics.utils.torch_utils import select_device
+
+    from ultralytics_prune.report import one_banner
+
+    with logged(logging.INFO) as lines, one_banner():
+        for _ in range(3):
+            select_device("cpu", verbose=True)  # what every trainer, validator and exporter of a run calls
+        LOGGER.info("other lines pass")
+    assert sum(line.startswith("Ultralytics ") for line in lines) == 1 and "other lines pass" in lines

@@ -36,6 +36,7 @@ from ultralytics_prune.report import (
     count_macs_params,
     export_onnx,
     log_summary,
+    one_banner,
     read_csv,
     write_atomic,
     write_csv,
@@ -131,7 +132,7 @@ class PruneRun:
         Ctrl-C (KeyboardInterrupt) says in one line how to go on and is raised again; the run resumes as after a kill.
         """
         try:
-            with caller_random_state():
+            with caller_random_state(), one_banner():
                 start = self.restore() if self.resuming else self.begin()
                 for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
                                  initial=start - 1):  # fmt: skip

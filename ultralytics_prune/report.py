@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 
@@ -87,6 +90,37 @@ def export_onnx(weights: str | Path, imgsz: int) -> Path:
     return Path(yolo.export(format="onnx", imgsz=imgsz, device="cpu", simplify=True, verbose=False))
 
 
+class OneBanner(logging.Filter):
+    """Lets the first of Ultralytics' "Ultralytics 8.x 🚀 Python-..." banners through and drops the others.
+
+    Every trainer, validator and exporter a run starts prints it; one per run says all it says.
+    """
+
+    def __init__(self):
+        """Nothing seen yet."""
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a banner after the first."""
+        message = str(record.msg)
+        if not (message.startswith("Ultralytics ") and "🚀" in message[:40]):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+@contextmanager
+def one_banner() -> Iterator[None]:
+    """Ultralytics' banner at most once inside the block (`OneBanner` on its logger, removed after)."""
+    banner = OneBanner()
+    LOGGER.addFilter(banner)
+    try:
+        yield
+    finally:
+        LOGGER.removeFilter(banner)
+
+
 def write_atomic(file: str | Path, text: str) -> Path:
     """Write `text` to `file` through a temp file and a rename, so the file is always whole (or the old one)."""
     file = Path(file)
@@ -127,13 +161,14 @@ def read_csv(file: str | Path) -> list[dict]:
 
 
 def log_summary(mode: str, first: dict, last: dict, metric: str = "mAP50-95") -> str:
-    """One line naming the run's mode: MACs, parameters, the task's mAP50-95 and measured latency before -> after."""
+    """One line naming the run's mode: MACs, parameters, the task's mAP50-95 before -> after, and the PyTorch CPU
+    speed-up measured in turns with the parent (two latencies measured minutes apart do not compare)."""
     line = (
         f"{colorstr(f'{mode}: ')}MACs {first['macs_G']:.3f}G -> {last['macs_G']:.3f}G, "
         f"params {first['params_M']:.3f}M -> {last['params_M']:.3f}M, "
-        f"{metric} {first[f'{metric}_post']:.4f} -> {last[f'{metric}_post']:.4f}, "
-        f"PyTorch CPU latency {first['latency_ms']:.2f}ms -> {last['latency_ms']:.2f}ms"
-        + (f" (x{last['speedup']:.2f}, timed in turns)" if "speedup" in last else "")
+        f"{metric} {first[f'{metric}_post']:.4f} -> {last[f'{metric}_post']:.4f}"
+        + (f", PyTorch CPU x{last['speedup']:.2f} faster than the parent (timed in turns, {last['latency_ms']:.2f}ms)"
+           if "speedup" in last else "")  # fmt: skip
     )
     LOGGER.info(line)
     return line
