@@ -5,7 +5,7 @@
 Each mode runs once uninterrupted while the run folder is watched: its duration and the moment each file first
 appears. Then, for each of `--points` moments spread evenly over that duration and for the appearance of every file
 that marks the run's progress (its own files and every checkpoint), a fresh run is killed there (SIGKILL), resumed with `resume=<folder>` (or started again when it was
-killed before its folder held `args.yaml`), and its final model is compared with the uninterrupted one, tensor by
+killed before its folder held `args.yaml`; nothing is resumed for a run killed after it finished), and its final model is compared with the uninterrupted one, tensor by
 tensor with `torch.equal`. The runs are deterministic on the CPU (`deterministic=True`, `workers=0`, `nbs=batch`), so
 every resumed model must be equal bit for bit. Prints a table, writes `crash_sweep.json` and `crash_sweep.md` in
 `--out`, and exits with status 1 when any model differs or any resume failed.
@@ -83,6 +83,13 @@ def kill(command: list[str], run: Path, at: float | None, marker: str | None, ti
     return alive
 
 
+def is_finished(run: Path, result_name: str) -> bool:
+    """True when the run saved its result and checked its export (`run_folder.is_finished`)."""
+    from ultralytics_prune.run_folder import is_finished as finished
+
+    return (run / "args.yaml").exists() and finished(run, result_name)
+
+
 def final_weights(run: Path, mode: str) -> dict:
     """Every tensor of the run's final model."""
     import torch
@@ -113,8 +120,11 @@ def sweep_mode(mode: str, base: list[str], runs: Path, points: int, timeout: flo
         command = [*YOLO, mode, *base, f"name={run.name}"]
         t0 = time.monotonic()
         killed = kill(command, run, at, marker, timeout)
-        again = [*YOLO, mode, f"resume={run}"] if (run / "args.yaml").exists() else command
-        resumed = subprocess.run(again, capture_output=True, text=True, timeout=timeout)
+        if is_finished(run, RESULT[mode][:-3]):  # killed after its last file: nothing to resume
+            resumed = subprocess.CompletedProcess(command, 0, "", "")
+        else:
+            again = [*YOLO, mode, f"resume={run}"] if (run / "args.yaml").exists() else command
+            resumed = subprocess.run(again, capture_output=True, text=True, timeout=timeout)
         ok = resumed.returncode == 0 and (run / "weights" / RESULT[mode]).exists()
         equal = ok and same(final_weights(run, mode), expected)
         rows.append({"mode": mode, "kill": label, "killed": killed, "resumed": ok, "equal": equal,
