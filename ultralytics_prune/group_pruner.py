@@ -45,7 +45,12 @@ class GroupPruner:
     """
 
     def __init__(
-        self, model: nn.Module, importance: tp.importance.Importance, held: list[nn.Module], imgsz: int, round_to: int = 1
+        self,
+        model: nn.Module,
+        importance: tp.importance.Importance,
+        held: list[nn.Module],
+        imgsz: int,
+        round_to: int = 1,
     ):
         """Trace the model and score every prunable group (before anything is removed)."""
         self.graph = build_graph(model, imgsz)

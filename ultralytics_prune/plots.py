@@ -32,7 +32,7 @@ def plot_prune_results(rows: list[dict], file: str | Path, metric: str = "mAP50-
     speedups = [r.get("speedup", float("nan")) for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.6), tight_layout=True)
     for a, xs, label in ((ax[0], [r["macs_G"] for r in rows], "GMACs"),
-                         (ax[1], speedups, "measured speed-up, PyTorch CPU (x, in turns with the parent)")):  # fmt: skip
+                         (ax[1], speedups, "measured speed-up, PyTorch CPU (in turns with the parent)")):  # fmt: skip
         a.plot(xs[1:], pre[1:], "o", mfc="none", color="tab:orange", label=f"{metric} right after the cut")
         a.plot(xs, post, "o-", color="tab:blue", label=f"{metric} after fine-tuning")
         a.plot(xs[:1], post[:1], "*", ms=16, color="black", label="parent")
