@@ -63,24 +63,17 @@ def _effective_rows(conv_module: nn.Module) -> torch.Tensor:
     return w
 
 
-def _keep_channels(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, out_idx: torch.Tensor | None,
-                   in_idx: torch.Tensor | None) -> None:  # fmt: skip
-    """Keep only `out_idx` output and `in_idx` input channels of `conv` (and `out_idx` of `bn`), in place."""
+def _keep_outputs(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, keep: torch.Tensor) -> None:
+    """Keep only the output channels `keep` of `conv` (and of `bn`), in place."""
     with torch.no_grad():
-        weight = conv.weight
-        if out_idx is not None:
-            weight = weight[out_idx]
-            if conv.bias is not None:
-                conv.bias = nn.Parameter(conv.bias[out_idx].clone())
-            conv.out_channels = len(out_idx)
-            if bn is not None:
-                bn.weight, bn.bias = nn.Parameter(bn.weight[out_idx].clone()), nn.Parameter(bn.bias[out_idx].clone())
-                bn.running_mean, bn.running_var = bn.running_mean[out_idx].clone(), bn.running_var[out_idx].clone()
-                bn.num_features = len(out_idx)
-        if in_idx is not None:
-            weight = weight[:, in_idx]
-            conv.in_channels = len(in_idx) * conv.groups
-        conv.weight = nn.Parameter(weight.clone())
+        conv.weight = nn.Parameter(conv.weight[keep].clone())
+        if conv.bias is not None:
+            conv.bias = nn.Parameter(conv.bias[keep].clone())
+        conv.out_channels = len(keep)
+        if bn is not None:
+            bn.weight, bn.bias = nn.Parameter(bn.weight[keep].clone()), nn.Parameter(bn.bias[keep].clone())
+            bn.running_mean, bn.running_var = bn.running_mean[keep].clone(), bn.running_var[keep].clone()
+            bn.num_features = len(keep)
 
 
 def fold_scale(attn: Attention, scale: float) -> None:
@@ -121,7 +114,7 @@ def prune_attention(attn: Attention, ratio: float, round_to: int = 1) -> int:
     keep_qk = torch.argsort(qk_score, descending=True, stable=True)[:new_kd].sort().values
     per_head = torch.cat([keep_qk, kd + keep_qk, 2 * kd + torch.arange(hd)])
     qkv_out = torch.cat([h * (2 * kd + hd) + per_head for h in range(nh)])
-    _keep_channels(attn.qkv.conv, getattr(attn.qkv, "bn", None), qkv_out, None)
+    _keep_outputs(attn.qkv.conv, getattr(attn.qkv, "bn", None), qkv_out)
     attn.key_dim = new_kd
     fold_scale(attn, new_kd**-0.5)
     return new_kd

@@ -39,7 +39,8 @@ def run_recipe(mode: str, overrides: dict) -> Path:
 
 def our_keys(overrides: dict) -> dict:
     """The ultralytics-prune keys of `overrides` (and of its `cfg=file.yaml`) set to something else than the default."""
-    keys = {**(YAML.load(overrides["cfg"]) or {} if overrides.get("cfg") else {}), **overrides}
+    from_file = (YAML.load(overrides["cfg"]) or {}) if overrides.get("cfg") else {}
+    keys = {**from_file, **overrides}
     return {k: v for k, v in keys.items() if k in PRUNE_DEFAULTS and v != PRUNE_DEFAULTS[k]}
 
 
