@@ -5,8 +5,9 @@
 Backends: onnxruntime CPU at its default threads (the machine's cores) and at 1 thread, PyTorch CPU, and, when a CUDA
 device is present, PyTorch CUDA, onnxruntime CUDA and TensorRT FP16 (onnxruntime's TensorRT provider); a GPU provider
 that cannot start is left out with a warning (`--backends` keeps a subset). Per backend the models run one image at a
-time, taking turns in short blocks (see `latency.time_interleaved`), and that measurement is repeated `--repeat`
-times. The table gives median / min / max milliseconds, the speed-up over the first checkpoint, its MACs factor, and
+time: on onnxruntime each model alone in a fresh process, one after the other, the order flipped every repeat (see
+`latency.time_alone`); on PyTorch in turns in short blocks (`latency.time_interleaved`). That measurement is repeated
+`--repeat` times. The table gives median / min / max milliseconds, the speed-up over the first checkpoint, its MACs factor, and
 the realization (speed-up / MACs factor: 1.0 means every MAC removed is time saved): the median over the repeats of
 each repeat's own ratio, with the lowest and highest repeat beside it. Repeats, because a shared machine has slow
 spells of 10-20 s that hit a small model harder than a large one: on this project's 2-vCPU machine, yolov8s and
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,34 +51,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def backends(models: list, onnx_files: list[Path], imgsz: int, wanted: list[str] | None = None) -> dict[str, list]:
-    """Runners per backend available here: name -> one runner per model (`wanted`: keep names containing one of these).
+def backends(models: list, onnx_files: list[Path], imgsz: int, wanted: list[str] | None = None) -> dict[str, Callable]:
+    """How to measure each backend available here: name -> measure(rounds, warmup, reverse) -> per-model call times.
 
-    A GPU provider that onnxruntime cannot start (missing CUDA, cuDNN or TensorRT libraries) is left out with a
-    warning instead of being timed on the CPU it would fall back to.
+    onnxruntime backends time every model alone in a fresh process (`latency.time_alone`), one model after the other
+    (`reverse` flips the order, so pairs alternate over the repeats); PyTorch backends run the models in turns in this
+    process (`latency.time_interleaved`). `wanted` keeps the names containing one of these. A GPU provider that
+    onnxruntime cannot start (missing CUDA, cuDNN or TensorRT libraries) is left out with a warning instead of being
+    timed on the CPU it would fall back to.
     """
     import torch
     from ultralytics.utils import LOGGER
 
-    from ultralytics_prune.latency import onnx_runner, torch_runner
+    from ultralytics_prune.latency import time_alone, time_interleaved, torch_runner
+
+    def alone(threads: int = 0, device: str = "cpu") -> Callable:
+        def measure(rounds: int, warmup: int, reverse: bool) -> list[list[float]]:
+            order = list(range(len(onnx_files)))[:: -1 if reverse else 1]
+            times = time_alone([onnx_files[i] for i in order], imgsz, threads, device, rounds, warmup)
+            return [times[order.index(i)] for i in range(len(onnx_files))]
+
+        return measure
+
+    def in_turns(device: str = "cpu") -> Callable:
+        runners = [torch_runner(m, imgsz, device) for m in models]
+        return lambda rounds, warmup, reverse: time_interleaved(runners, rounds, warmup)
 
     makers = {
-        f"onnxruntime-cpu-{os.cpu_count()}threads": lambda: [onnx_runner(f, imgsz) for f in onnx_files],
-        "onnxruntime-cpu-1thread": lambda: [onnx_runner(f, imgsz, threads=1) for f in onnx_files],
-        "torch-cpu": lambda: [torch_runner(m, imgsz) for m in models],
+        f"onnxruntime-cpu-{os.cpu_count()}threads": lambda: alone(),
+        "onnxruntime-cpu-1thread": lambda: alone(threads=1),
+        "torch-cpu": lambda: in_turns(),
     }
     if torch.cuda.is_available():
-        makers["torch-cuda"] = lambda: [torch_runner(m, imgsz, "cuda") for m in models]
-        makers["onnxruntime-cuda"] = lambda: [onnx_runner(f, imgsz, device="cuda") for f in onnx_files]
-        makers["tensorrt-fp16"] = lambda: [onnx_runner(f, imgsz, device="tensorrt") for f in onnx_files]
+        makers["torch-cuda"] = lambda: in_turns("cuda")
+        makers["onnxruntime-cuda"] = lambda: alone(device="cuda")
+        makers["tensorrt-fp16"] = lambda: alone(device="tensorrt")
     found = {}
     for name, make in makers.items():
         if wanted and not any(w in name for w in wanted):
             continue
-        try:
-            found[name] = make()
-        except RuntimeError as e:  # a GPU provider that did not start
-            LOGGER.warning(f"bench_latency: {name} left out: {e}")
+        measure = make()
+        if "cuda" in name or "tensorrt" in name:
+            try:
+                measure(1, 1, False)  # does the provider start at all?
+            except RuntimeError as e:
+                LOGGER.warning(f"bench_latency: {name} left out: {e}")
+                continue
+        found[name] = measure
     return found
 
 
@@ -86,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics_prune.patches.dfl import replace_dfl
 
     from ultralytics_prune.checkpoint import load_model, save_checkpoint
-    from ultralytics_prune.latency import time_interleaved
     from ultralytics_prune.plots import plot_latency
     from ultralytics_prune.report import count_macs_params, export_onnx, write_csv
 
@@ -111,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     runners = backends(models, onnx_files, args.imgsz, [b for b in args.backends.split(",") if b])
     bar = TQDM(total=len(runners) * args.repeat, desc="latency (backend x repeat)")
-    for backend, calls in runners.items():
+    for backend, measure in runners.items():
         times = []  # per repeat, per model: the timed calls (ms)
-        for _ in range(args.repeat):
-            times.append(time_interleaved(calls, args.rounds, args.warmup))
+        for r in range(args.repeat):
+            times.append(measure(args.rounds, args.warmup, r % 2 == 1))
             bar.update()
         medians = np.array([[np.median(t) for t in rep] for rep in times])  # (repeat, model)
         speedups = medians[:, :1] / medians  # each repeat's own ratios

@@ -6,8 +6,10 @@ What is important (a torch-pruning importance criterion) is kept apart from how 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 
+import torch
 import torch.nn as nn
 from ultralytics.nn.modules.block import Attention
 from ultralytics.utils import LOGGER
@@ -27,8 +29,9 @@ from ultralytics_prune.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.group_sparsity import WEAK_LEFT, GroupSparsity, channel_masks, masked_norm, masks_as_saved
 from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, channel_costs, read_cached, write_cached
 from ultralytics_prune.latency_target import LatencyProbe
+from ultralytics_prune.macs_model import MacsModel, widths_for_macs
 from ultralytics_prune.plots import plot_latency_table
-from ultralytics_prune.report import count_macs_params
+from ultralytics_prune.report import count_macs_params, example_input
 from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
 
@@ -212,17 +215,29 @@ class DepGraphPruner(PruneRun):
 
     def widths_at(self, pruner: GroupPruner, ratio: float) -> list[int]:
         """The width each group of `pruner` keeps when the run as a whole is at `ratio` (see `prune_to`)."""
+        return self.width_policy(pruner)(ratio)
+
+    def width_policy(self, pruner: GroupPruner) -> Callable[[float], list[int]]:
+        """The run's width policy for the groups of `pruner`: ratio of the run as a whole -> width of every group.
+
+        Uniform (every layer its share of `ratio`, or its sensitivity share), one global ranking of importance
+        (`global_pruning`), or of importance per millisecond (`latency_aware`).
+        """
         originals = [self.original_widths[name] for name in pruner.names]
+        round_to = self.args.round_to
         if self.args.latency_aware:
             costs = channel_costs(self.latency_table, self.model, pruner.graph, pruner.groups)
             per_ms = [score / max(cost, 1e-9) for score, cost in zip(pruner.scores, costs)]
-            widths = global_widths(per_ms, originals, ratio, self.args.round_to, 1 - MIN_KEEP * (1 - ratio))
-        elif self.args.global_pruning:
-            widths = global_widths(pruner.scores, originals, ratio, self.args.round_to)
-        else:
+            return lambda ratio: global_widths(per_ms, originals, ratio, round_to, 1 - MIN_KEEP * (1 - ratio))
+        if self.args.global_pruning:
+            return lambda ratio: global_widths(pruner.scores, originals, ratio, round_to)
+        current = pruner.widths()
+
+        def uniform(ratio: float) -> list[int]:
             ratios = [self.layer_ratio(name, ratio) for name in pruner.names]
-            widths = [kept_width(o, r, self.args.round_to, c) for o, r, c in zip(originals, ratios, pruner.widths())]
-        return widths
+            return [kept_width(o, r, round_to, c) for o, r, c in zip(originals, ratios, current)]
+
+        return uniform
 
     def after_cut(self, pruner: GroupPruner, widths: list[int], ratio: float) -> dict:
         """Cut the attention heads too (`attention=prune`), drop the gradients; the row entries of `prune_to`."""
@@ -301,8 +316,28 @@ class DepGraphPruner(PruneRun):
         return evaluate(deepcopy(model)), rows
 
     def prune_to_macs(self, target_macs: float) -> dict:
-        """Raise the cumulative ratio in small increments until the model's MACs are at most `target_macs`."""
+        """Cut to the widest widths of the run's width policy whose MACs are at most `target_macs`.
+
+        The widths come from one trace of the model (`macs_model`): the ratio is searched on the MACs predicted for
+        each, and where rounding makes many groups narrow at once, they narrow one by one, least important channels
+        first, until the goal is met. Should the cut model still count more (what the prediction leaves out, e.g.
+        attention products), the ratio then rises in small steps.
+        """
         done = {"ratio": float(self.rows[-1]["ratio"]), "removed": float(self.rows[-1].get("removed", 0.0))}
+        total = count_macs_params(self.model, self.args.imgsz)[0]
+        if total <= target_macs:
+            return done
+        pruner = self.scored_pruner()
+        macs = MacsModel(self.model, pruner, total, example_input(self.model, self.args.imgsz))
+        order = [torch.sort(score).values for score in pruner.scores]
+        current = pruner.widths()
+
+        def cost(group: int, wide: int, narrow: int) -> float:  # the importance a move removes, against its group's
+            removed = order[group][current[group] - wide : current[group] - narrow]
+            return float(removed.mean() / order[group].mean().clamp_min(1e-12))
+
+        widths, ratio = widths_for_macs(self.width_policy(pruner), macs, target_macs, done["ratio"], 0.95, cost)
+        done = self.after_cut(pruner, pruner.prune(widths), ratio)
         while count_macs_params(self.model, self.args.imgsz)[0] > target_macs and done["ratio"] < 0.95:
             done = self.prune_to(min(0.95, done["ratio"] + 0.025))
         return done
