@@ -443,8 +443,10 @@ def test_benchmark_continue_row_and_convergence_check(synthetic_data, tmp_path):
     assert "| row | seeds |" in md and "| continue | 1 |" in md
 
 
-def test_benchmark_flat_parent_and_no_continue_row(synthetic_data, tmp_path):
-    """A parent flat over its last 20 % of epochs is converged; without a continue row vs_continue stays empty."""
+def test_benchmark_flat_parent_no_continue_row_and_int8(synthetic_data, tmp_path):
+    """A parent flat over its last 20 % of epochs is converged; without a continue row vs_continue stays empty;
+    `--int8` adds the row's INT8 twin, validated from its quantized ONNX and timed."""
+    import onnx
     from tools.benchmark import main as benchmark_main
 
     from ultralytics_prune.report import read_csv
@@ -453,9 +455,15 @@ def test_benchmark_flat_parent_and_no_continue_row(synthetic_data, tmp_path):
     parent = _parent(tmp_path / "flat", synthetic_data, flat)
     out = tmp_path / "bench"
     assert benchmark_main(["--data", str(synthetic_data), "--model", str(parent), "--imgsz", "64", "--rows", "base",
-                           "--out", str(out)]) == 0  # fmt: skip
-    (base,) = read_csv(out / "benchmark.csv")
+                           "--int8", "--out", str(out)]) == 0  # fmt: skip
+    base, int8 = read_csv(out / "benchmark.csv")
     assert base["vs_continue"] == "" and base["error"] == ""
+    assert int8["row"] == "base-int8" and int8["error"] == "" and int8["macs_G"] == base["macs_G"]
+    assert isinstance(int8["vs_float"], float) and -1 <= int8["vs_float"] <= 1 and base["vs_float"] == ""
+    assert int8["onnx_ms"] > 0 and int8["speedup"] > 0
+    (run,) = [r for r in json.loads((out / "benchmark.json").read_text())["runs"] if r["row"] == "base-int8"]
+    ops = {n.op_type for n in onnx.load(run["onnx"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     verdict = json.loads((out / "benchmark.json").read_text())["convergence"]
     assert verdict["converged"] is True and verdict["rise"] == pytest.approx(0.005)
     first = (out / "benchmark.md").read_text().splitlines()[0]

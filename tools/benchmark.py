@@ -13,6 +13,11 @@ Rows (each given `--epochs` epochs of training in all, on the same data):
   slim      sparsity training from the input (`sr`, half the epochs), `yolo slim` at the rate, fine-tune (the rest)
   scratch   the architecture `prune` ended with, re-initialised and trained from scratch for `--epochs`
 
+`--int8` adds, for every measured row, `<row>-int8`: its ONNX quantized to INT8 by onnxruntime static quantization,
+calibrated on 64 training images (`ultralytics_prune.quantize`), validated by Ultralytics from the ONNX file and
+timed with the others; `vs_float` is its task mAP50-95 minus that of the same row's float ONNX validated the same way
+(Ultralytics validates an ONNX file at batch 1 on square letterboxed images, a .pt on rectangular batches).
+
 Writes benchmark.csv, benchmark.json, benchmark.md and benchmark.png (mAP50-95 against MACs and against measured
 latency) in `--out` and prints the table: MACs, parameters, box mAP50 and mAP50-95, the task's own mAP50-95 (mask
 or pose; the box one for detect and OBB), `vs_continue` (that mAP50-95 minus the `continue` row's), onnxruntime CPU
@@ -48,7 +53,7 @@ ROWS = ("base", "continue", "prune", "attention", "latency", "distill", "slim", 
 METRIC = "task_mAP50-95"  # what `vs_continue`, the spread and the convergence check read
 SPREAD = (METRIC, "vs_continue")  # reported as the mean and the spread (max - min) over the seeds
 COLUMNS = ("row", "seeds", "macs_G", "params_M", "mAP50", "mAP50-95", METRIC, f"{METRIC}_spread", "vs_continue",
-           "vs_continue_spread", "onnx_ms", "speedup", "train_epochs", "wall_s", "error")  # fmt: skip
+           "vs_continue_spread", "vs_float", "onnx_ms", "speedup", "train_epochs", "wall_s", "error")  # fmt: skip
 CONVERGENCE_TAIL = 0.2  # the share of the parent's last epochs the convergence check looks at
 CONVERGENCE_RISE = 0.01  # a rise of mAP50-95 over them above this (1 point) means the parent is still learning
 RESULT_COLUMNS = ("metrics/mAP50-95(M)", "metrics/mAP50-95(P)", "metrics/mAP50-95(B)")  # the task's own before box
@@ -70,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--sr", type=float, default=0.005, help="sparsity strength of the slim row's sparsity training")
     p.add_argument("--seeds", type=int, default=1, help="train every row but base with the seeds 0..N-1")
+    p.add_argument("--int8", action="store_true", help="add an INT8 (onnxruntime static quantization) row per row")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     args = p.parse_args(argv)
@@ -201,6 +207,8 @@ class Benchmark:
         jobs = [("base", None)] if "base" in names else []
         jobs += [(name, seed) for seed in range(self.args.seeds) for name in names if name != "base"]
         runs = [self.run_row(name, seed) for name, seed in TQDM(jobs, desc="benchmark rows")]
+        if self.args.int8:
+            runs += [self.int8(r) for r in TQDM([r for r in runs if r.get("onnx")], desc="benchmark INT8 rows")]
         self.add_latency(runs)
         add_vs_continue(runs)
         return runs
@@ -239,6 +247,34 @@ class Benchmark:
         return {"macs_G": macs / 1e9, "params_M": params / 1e6, "mAP50": float(metrics.box.map50),
                 "mAP50-95": float(metrics.box.map), METRIC: float(own.map),
                 "onnx": str(export_onnx(copy, self.args.imgsz))}  # fmt: skip
+
+    def validate_onnx(self, onnx: Path) -> tuple[float, float, float]:
+        """Box mAP50, box mAP50-95 and the task's own mAP50-95 of an ONNX file, validated by Ultralytics."""
+        from ultralytics import YOLO
+
+        metrics = YOLO(str(onnx)).val(**self.common, project=str(self.out / "val"), name=onnx.stem, verbose=False)
+        own = getattr(metrics, "seg", None) or getattr(metrics, "pose", None) or metrics.box
+        return float(metrics.box.map50), float(metrics.box.map), float(own.map)
+
+    def int8(self, run: dict) -> dict:
+        """The INT8 row of a measured row: its ONNX quantized (see the module doc), validated beside the float ONNX."""
+        from ultralytics.utils import LOGGER
+
+        from ultralytics_prune.quantize import calibration_images, quantize_int8
+
+        t = time.perf_counter()
+        row = {"row": f"{run['row']}-int8", "seed": run["seed"], "train_epochs": run["train_epochs"], "error": ""}
+        try:
+            onnx = quantize_int8(run["onnx"], calibration_images(self.args.data), self.args.imgsz)
+            float_map = self.validate_onnx(Path(run["onnx"]))[2]
+            map50, map50_95, own = self.validate_onnx(onnx)
+            row.update({"macs_G": run["macs_G"], "params_M": run["params_M"], "mAP50": map50, "mAP50-95": map50_95,
+                        METRIC: own, "vs_float": own - float_map, "onnx": str(onnx)})  # fmt: skip
+        except Exception as e:  # a failing row is reported, not fatal
+            LOGGER.warning(f"benchmark: INT8 of row '{run['row']}' (seed {run['seed']}) failed: {type(e).__name__}: {e}")
+            row["error"] = f"{type(e).__name__}: {e}"
+        row["wall_s"] = time.perf_counter() - t
+        return row
 
     def add_latency(self, runs: list[dict]) -> None:
         """onnxruntime CPU latency of every measured run, interleaved, and the speed-up over base."""
