@@ -120,7 +120,7 @@ def test_latency_aware_cuts_the_slow_layers(untrained, synthetic_data, tmp_path,
 
     monkeypatch.setattr(pruner_module.LatencyTable, "measure", staticmethod(fake_measure))
     overrides = {**recipe_overrides({**FAST, "rate": 0.4, "latency_aware": True, "iterative_steps": 1,
-                                     "latency_backend": "torch", "plots": True}),
+                                     "latency_backend": "torch", "plots": True, "round_to": 8}),
                  "model": str(untrained), "data": str(synthetic_data), "project": str(tmp_path),
                  "mode": "prune"}  # fmt: skip
     final = DepGraphPruner(get_prune_cfg(overrides=overrides))()

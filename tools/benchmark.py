@@ -21,7 +21,7 @@ timed with the others; `vs_float` is its task mAP50-95 minus that of the same ro
 Writes benchmark.csv, benchmark.json, benchmark.md and benchmark.png (mAP50-95 against MACs and against measured
 latency) in `--out` and prints the table: MACs, parameters, box mAP50 and mAP50-95, the task's own mAP50-95 (mask
 or pose; the box one for detect and OBB), `vs_continue` (that mAP50-95 minus the `continue` row's), onnxruntime CPU
-latency (interleaved runs, medians) and wall time per row. A row that fails is reported in its `error` column; the
+latency (each model alone in its own process, medians) and wall time per row. A row that fails is reported in its `error` column; the
 others go on.
 
 On top of the table stands the convergence check of the input: its own `results.csv` (beside `weights/`) read for the
@@ -277,7 +277,7 @@ class Benchmark:
         return row
 
     def add_latency(self, runs: list[dict]) -> None:
-        """onnxruntime CPU latency of every measured run, interleaved, and the speed-up over base."""
+        """onnxruntime CPU latency of every measured run (each alone in its own process), and the speed-up over base."""
         from ultralytics_prune.latency import onnx_latencies
 
         measured = [r for r in runs if r.get("onnx")]

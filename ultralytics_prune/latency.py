@@ -1,4 +1,6 @@
-"""Measured latency: models run one image at a time on a backend, interleaved, reported as medians (and extremes).
+"""Measured latency: models run one image at a time on a backend, reported as medians (and extremes): in turns in one
+process (`time_interleaved`, for PyTorch models and latency goals), or each alone in its own process (`time_alone`,
+ONNX files: what tools/bench_latency.py and tools/benchmark.py use).
 
 Interleaving makes a slow spell of the machine hit all models alike, so their ratios hold even on a busy machine;
 medians ignore the odd outlier. Models take turns in short blocks; each block starts after a short pause and one
@@ -132,6 +134,5 @@ def time_alone(
 
 
 def onnx_latencies(files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0) -> list:
-    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, measured in interleaved rounds."""
-    times = time_interleaved([onnx_runner(f, imgsz, threads) for f in files], rounds, warmup)
-    return [float(np.median(t)) for t in times]
+    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, each timed alone in its own process."""
+    return [float(np.median(t)) for t in time_alone(files, imgsz, threads, rounds=rounds, warmup=warmup)]
