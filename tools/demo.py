@@ -3,8 +3,9 @@
     python tools/demo.py                 # about 5 minutes on 2 CPU cores
     python tools/demo.py --out runs/demo --epochs 40 --rate 0.35 --finetune 10
 
-Everything lands in `--out`: the dataset, the training run of the base model, and the benchmark (base and pruned side
-by side on the same data: MACs, parameters, mAP, measured onnxruntime CPU latency; benchmark.md/.csv/.json/.png),
+Everything lands in `--out`: the dataset, the training run of the base model, and the benchmark (base, `continue` (the
+base fine-tuned the same epochs with nothing cut: what the pruned model is read against) and pruned side by side on
+the same data: MACs, parameters, mAP, vs_continue, measured onnxruntime CPU latency; benchmark.md/.csv/.json/.png),
 with the pruning run itself (prune_results.csv and .png, weights/pruned.pt, weights/pruned.onnx) in benchmark/prune.
 """
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                project=str(out), name="base", exist_ok=True)  # fmt: skip
     best = Path(base.trainer.best)
     code = benchmark(["--data", str(data), "--model", str(best), "--rate", str(args.rate), "--epochs",
-                      str(args.finetune), "--steps", "1", "--imgsz", str(args.imgsz), "--rows", "base,prune",
+                      str(args.finetune), "--steps", "1", "--imgsz", str(args.imgsz), "--rows", "base,continue,prune",
                       "--out", str(out / "benchmark")])  # fmt: skip
     LOGGER.info(f"Demo done: {out / 'benchmark' / 'benchmark.md'}, pruned model {out / 'benchmark/prune/weights'}")
     return code
