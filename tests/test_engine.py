@@ -150,6 +150,23 @@ def test_sensitivity_scan_writes_its_table_and_drives_the_widths(untrained, synt
         make_run("prune", model=str(untrained), data=str(synthetic_data), sensitivity=True, global_pruning=True)
 
 
+def test_a_macs_goal_past_the_sensitivity_shares_cuts_the_sensitive_layers_too(untrained, synthetic_data, tmp_path,
+                                                                                monkeypatch):
+    """Shares that let every layer lose only 5 % of `rate` reach about x1.2 fewer MACs at a run ratio of 0.95; the
+    search goes past it (`max_ratio`) until the goal is met, each layer cut in proportion to its share."""
+    model = load_model(untrained)
+    replace_blocks(model)
+    shares = {n: 0.05 for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    monkeypatch.setattr(pruner_module, "sensitivity_ratios", lambda *args, **kwargs: shares)
+    base = count_macs_params(model, 64)[0]
+    recipe, _ = run("prune", untrained, synthetic_data, tmp_path, "sens_goal", sensitivity=True, speedup=2.0,
+                    round_to=8, **PRUNE_ONLY)  # fmt: skip
+    assert recipe.max_ratio() == pytest.approx(0.95 * 0.5 / 0.05)
+    row = read_csv(tmp_path / "sens_goal" / "prune_results.csv")[-1]
+    assert 0.45 * base <= row["macs_G"] * 1e9 <= 0.5 * base, (row["macs_G"] * 1e9, base)
+    assert row["ratio"] > 0.95
+
+
 def test_target_macs(untrained, synthetic_data, tmp_path):
     base = count_macs_params(load_model(untrained), 64)[0] / 1e9
     target = base * 0.5
