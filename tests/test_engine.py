@@ -10,6 +10,7 @@ import ast
 import copy
 import json
 import logging
+import os
 import random
 import shutil
 from pathlib import Path
@@ -233,6 +234,12 @@ def test_bench_latency_table(untrained, synthetic_data, tmp_path):
     assert bench_latency([str(untrained), "--imgsz", "64", "--rounds", "2", "--warmup", "1", "--repeat", "1",
                           "--backends", "1thread", "--out", str(out / "one")]) == 0  # fmt: skip
     assert {r["backend"] for r in read_csv(out / "one" / "latency.csv")} == {"onnxruntime-cpu-1thread"}
+    onnx = sorted((out / "onnx").glob("*.onnx"))  # the exports of the first call, timed as files
+    assert bench_latency([*map(str, onnx), "--imgsz", "64", "--rounds", "2", "--warmup", "1", "--repeat", "2",
+                          "--out", str(out / "files")]) == 0  # fmt: skip
+    rows = read_csv(out / "files" / "latency.csv")
+    assert {r["backend"] for r in rows} == {"onnxruntime-cpu-1thread", f"onnxruntime-cpu-{os.cpu_count()}threads"}
+    assert all(r["median_ms"] > 0 and r["speedup"] > 0 and r["macs_G"] != r["macs_G"] for r in rows), "MACs: NaN"
     assert bench_latency([str(tmp_path / "missing.pt"), "--out", str(out / "none")]) == 2
     assert not (out / "none").exists(), "nothing written for a missing checkpoint"
 

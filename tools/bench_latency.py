@@ -39,7 +39,9 @@ COLUMNS = ("backend", "model", "macs_G", "median_ms", "min_ms", "max_ms", "speed
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the checkpoints and options of the latency benchmark from `argv` or sys.argv."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help="checkpoints to compare; the first is the reference")
+    p.add_argument("checkpoints", nargs="+",
+                   help="checkpoints to compare, the first the reference; an .onnx file (e.g. an INT8 one) is timed as "
+                        "it is, on onnxruntime only, with no MACs")
     p.add_argument("--imgsz", type=int, default=640, help="image size")
     p.add_argument("--rounds", type=int, default=20, help="timed interleaved rounds per repeat")
     p.add_argument("--repeat", type=int, default=3, help="independent interleaved measurements per backend")
@@ -90,6 +92,9 @@ def backends(models: list, onnx_files: list[Path], imgsz: int, wanted: list[str]
     for name, make in makers.items():
         if wanted and not any(w in name for w in wanted):
             continue
+        if name.startswith("torch") and any(m is None for m in models):
+            LOGGER.warning(f"bench_latency: {name} left out: an ONNX file was given, which runs on onnxruntime only")
+            continue
         measure = make()
         if "cuda" in name or "tensorrt" in name:
             try:
@@ -113,18 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [c for c in args.checkpoints if not Path(c).is_file()]
     if missing:
-        print(f"bench_latency: checkpoint not found: {', '.join(missing)} (pass .pt files to compare)", file=sys.stderr)
+        print(f"bench_latency: checkpoint not found: {', '.join(missing)} (pass .pt or .onnx files to compare)",
+              file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     names, models, onnx_files, macs = [], [], [], []
     for i, ckpt in enumerate(args.checkpoints):
+        names.append(f"{i}:{Path(ckpt).stem}")
+        if Path(ckpt).suffix == ".onnx":  # timed as it is, on onnxruntime only; its MACs are not counted
+            models.append(None)
+            macs.append(float("nan"))
+            onnx_files.append(Path(ckpt).resolve())
+            continue
         copy = out / "onnx" / f"{i}_{Path(ckpt).name}"
         copy.write_bytes(Path(ckpt).read_bytes())  # export beside a copy, never beside the user's file
         model = load_model(copy)
         if args.dfl == "last-axis" and replace_dfl(model):
             save_checkpoint(model, copy)
-        names.append(f"{i}:{Path(ckpt).stem}")
         models.append(model)
         macs.append(count_macs_params(model, args.imgsz)[0] / 1e9)
         onnx_files.append(export_onnx(copy, args.imgsz))
