@@ -14,7 +14,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune.checkpoint import save_checkpoint
-from ultralytics_prune.quantize import calibration_images, decode_nodes, letterboxed, quantize_int8
+from ultralytics_prune.quantize import calibration_batches, decode_nodes, quantize_int8
 
 IMGSZ = 64
 
@@ -26,14 +26,15 @@ def test_int8_keeps_decoding_float_metadata_and_outputs(cfg, synthetic_data, tmp
                            train_args={"data": str(synthetic_data), "imgsz": IMGSZ, "task": "detect"})  # fmt: skip
     source = Path(YOLO(str(ckpt)).export(format="onnx", imgsz=IMGSZ, verbose=False))
     exported = onnx.load(str(source))
-    images = calibration_images(synthetic_data, 8)
-    assert len(images) == 8 and all(f.parent.name == "train" or "train" in str(f) for f in images)
+    batches = calibration_batches(synthetic_data, IMGSZ, 8)
+    assert len(batches) == 8 and all(b.shape == (1, 3, IMGSZ, IMGSZ) and b.dtype == np.float32 for b in batches)
+    assert 0 <= min(b.min() for b in batches) and max(b.max() for b in batches) <= 1
     decode = decode_nodes(exported)
     assert decode and all(n.op_type != "Conv" or "/dfl/" in n.name for n in exported.graph.node if n.name in decode)
     if cfg == "yolov8n.yaml":
         assert "Softmax" in {n.op_type for n in exported.graph.node if n.name in decode}, "the DFL stays float"
 
-    out = quantize_int8(source, images, IMGSZ)
+    out = quantize_int8(source, batches)
     assert out == tmp_path / "m_int8.onnx"
     quantized = onnx.load(str(out))
     assert {p.key: p.value for p in quantized.metadata_props} == {p.key: p.value for p in exported.metadata_props}
@@ -46,7 +47,7 @@ def test_int8_keeps_decoding_float_metadata_and_outputs(cfg, synthetic_data, tmp
         if n.name in decode:  # runs in float: nothing it computes is quantized again
             assert not set(n.output) & quantizing, n.name
 
-    x = next(letterboxed(images[:1], IMGSZ))
+    x = batches[0]
     want = ort.InferenceSession(str(source)).run(None, {"images": x})[0]
     got = ort.InferenceSession(str(out)).run(None, {"images": x})[0]
     assert got.shape == want.shape and np.isfinite(got).all()

@@ -260,12 +260,12 @@ class Benchmark:
         """The INT8 row of a measured row: its ONNX quantized (see the module doc), validated beside the float ONNX."""
         from ultralytics.utils import LOGGER
 
-        from ultralytics_prune.quantize import calibration_images, quantize_int8
+        from ultralytics_prune.quantize import calibration_batches, quantize_int8
 
         t = time.perf_counter()
         row = {"row": f"{run['row']}-int8", "seed": run["seed"], "train_epochs": run["train_epochs"], "error": ""}
         try:
-            onnx = quantize_int8(run["onnx"], calibration_images(self.args.data), self.args.imgsz)
+            onnx = quantize_int8(run["onnx"], calibration_batches(self.args.data, self.args.imgsz))
             float_map = self.validate_onnx(Path(run["onnx"]))[2]
             map50, map50_95, own = self.validate_onnx(onnx)
             row.update({"macs_G": run["macs_G"], "params_M": run["params_M"], "mAP50": map50, "mAP50-95": map50_95,

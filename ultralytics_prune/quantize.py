@@ -1,43 +1,33 @@
 """INT8 on top of pruning: onnxruntime static quantization of an exported model, calibrated on training images.
 
 Deployment stacks quantization on pruning; `tools/benchmark.py --int8` measures what it adds. Weights are quantized
-per output channel (signed), activations per tensor (unsigned), QDQ format, min/max calibration on images letterboxed
-as Ultralytics' predictor does. The head's box and class decoding (DFL softmax, anchors, sigmoid, concatenations)
-stays in float: its outputs are pixel coordinates and probabilities whose range one INT8 scale cannot hold, and
-Ultralytics' own INT8 exports leave it out of quantization as well. The exporter's metadata (names, stride, image
+per output channel (signed), activations per tensor (unsigned), QDQ format, min/max calibration on training images
+letterboxed as Ultralytics' validator loads them. The head's box and class decoding (DFL softmax, anchors, sigmoid,
+concatenations) stays in float: its outputs are pixel coordinates and probabilities whose range one INT8 scale cannot
+hold, and Ultralytics' own INT8 exports leave it out of quantization as well. The exporter's metadata (names, stride, image
 size) is kept, so `yolo val model=model_int8.onnx` works.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 CALIBRATION_IMAGES = 64  # training images the activation ranges are measured on
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def calibration_images(data: str | Path, n: int = CALIBRATION_IMAGES) -> list[Path]:
-    """The first `n` training images of dataset `data` (a yaml), in sorted order."""
-    from ultralytics.data.utils import check_det_dataset
+def calibration_batches(data: str | Path, imgsz: int, n: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """The first `n` training images of dataset `data` as the exported model takes them: loaded as
+    `calibrate.training_batches` loads them (no augmentation, letterboxed to `imgsz`), float32 in [0, 1], batches of
+    one."""
+    from ultralytics.cfg import get_cfg
 
-    train = check_det_dataset(str(data))["train"]
-    folders = [Path(p) for p in (train if isinstance(train, list) else [train])]
-    files = sorted(f for d in folders for f in (d.rglob("*") if d.is_dir() else [d]) if f.suffix.lower() in IMAGE_SUFFIXES)
-    return files[:n]
+    from ultralytics_prune.calibrate import training_batches
 
-
-def letterboxed(files: Sequence[Path], imgsz: int) -> Iterator[np.ndarray]:
-    """Each image as the model's input: letterboxed to `imgsz` square, RGB, CHW, float32 in [0, 1], batch of one."""
-    import cv2
-    from ultralytics.data.augment import LetterBox
-
-    box = LetterBox(new_shape=(imgsz, imgsz), auto=False)
-    for f in files:
-        image = box(image=cv2.imread(str(f)))
-        yield np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1)[None], dtype=np.float32) / 255
+    args = get_cfg(overrides={"data": str(data), "imgsz": imgsz, "batch": 1, "workers": 0})
+    return [(batch["img"].float() / 255).numpy() for batch in training_batches(args, n)]
 
 
 def decode_nodes(model) -> list[str]:
@@ -50,13 +40,12 @@ def decode_nodes(model) -> list[str]:
     return ["/".join(p) for p in parts if len(p) == 3 or p[2] == "dfl"]
 
 
-def quantize_int8(onnx_file: str | Path, images: Sequence[Path], imgsz: int, out: str | Path | None = None) -> Path:
-    """Quantize an exported model to INT8 with onnxruntime, calibrated on `images`; return the new file.
+def quantize_int8(onnx_file: str | Path, batches: Sequence[np.ndarray], out: str | Path | None = None) -> Path:
+    """Quantize an exported model to INT8 with onnxruntime, calibrated on `batches`; return the new file.
 
     Args:
         onnx_file (str | Path): A model exported by Ultralytics' exporter (fixed input shape).
-        images (Sequence[Path]): Calibration images (see `calibration_images`).
-        imgsz (int): The model's input size.
+        batches (Sequence[np.ndarray]): Calibration inputs of the model's shape (see `calibration_batches`).
         out (str | Path | None): Where to write; default `<name>_int8.onnx` beside the input.
     """
     import onnx
@@ -69,7 +58,7 @@ def quantize_int8(onnx_file: str | Path, images: Sequence[Path], imgsz: int, out
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = letterboxed(images, imgsz)
+            self.batches = iter(batches)
 
         def get_next(self) -> dict | None:
             return next(({name: x} for x in self.batches), None)
