@@ -42,7 +42,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "speedup_by": ((str,), lambda v: v in ("macs", "latency"), "'macs' or 'latency'"),
     "target_latency": (_NUMBER, lambda v: v >= 0, "milliseconds >= 0, e.g. 'target_latency=20'"),
     "latency_backend": ((str,), lambda v: v in LATENCY_BACKENDS, "'onnxruntime', 'torch', 'cuda' or 'tensorrt'"),
-    "sparse_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'sparse_epochs=3'"),
+    "sparse_epochs": ((int,), lambda v: v >= -1, "an integer >= 0, or -1 for a tenth of the fine-tune epochs"),
     "sparse_reg": (_NUMBER, lambda v: v > 0, "a number > 0, e.g. 'sparse_reg=0.01'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
@@ -57,6 +57,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
 # 3-epoch warmup starts the biases at lr 0.1; plain SGD at lr0 0.01 without warmup recovers 7 points more mAP50-95 in
 # 10 epochs after a 2x-MACs cut. Keys the user sets win.
 FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0}
+SPARSE_SHARE = 0.1  # `sparse_epochs=-1`: this share of each step's fine-tune epochs, rounded (0 below 5 epochs)
 _NOT_KEYS = {"augmentations", "save_dir"}  # set by Ultralytics' own code paths, never by a user
 
 
@@ -120,6 +121,7 @@ def get_prune_cfg(
     except (TypeError, ValueError, SyntaxError) as e:  # Ultralytics' own type and range checks of its keys
         raise UserError(" ".join(str(e).split())) from e
     check_prune_values(args)
+    resolve_auto(args, set(overrides) | (set(cfg2dict(cfg)) if cfg is not DEFAULT_PRUNE_CFG_DICT else set()))
     widths_by = [k for k in ("sensitivity", "global_pruning", "latency_aware") if args.get(k)]
     if args.get("sensitivity") and len(widths_by) > 1:
         raise UserError(f"'sensitivity=True' and '{widths_by[1]}=True' both decide the per-layer widths: choose one")
@@ -142,6 +144,22 @@ def get_prune_cfg(
     if args.get("attention") == "prune" and args.get("mode") == "slim":
         raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
+
+
+def resolve_auto(args: dict, given: set[str]) -> None:
+    """Defaults that follow other keys, resolved in place so that `args.yaml` records what ran.
+
+    `sensitivity` (on by default) decides the widths of a structured `yolo prune` only: where the user asked for
+    another width policy (`global_pruning`, `latency_aware`), for unstructured pruning or in another mode it is off
+    unless the user set it (then the checks below say what clashes). `sparse_epochs=-1` is `SPARSE_SHARE` of the
+    fine-tune epochs of each step in a structured `yolo prune`, and 0 elsewhere.
+    """
+    structured_prune = args.get("mode") == "prune" and args.get("method") == "structured"
+    other_widths = args.get("global_pruning") or args.get("latency_aware")
+    if "sensitivity" not in given and (not structured_prune or other_widths):
+        args["sensitivity"] = False
+    if args.get("sparse_epochs") == -1:
+        args["sparse_epochs"] = int(args.get("finetune_epochs", 0) * SPARSE_SHARE + 0.5) if structured_prune else 0
 
 
 def check_latency_backend(args: dict) -> None:

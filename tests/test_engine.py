@@ -36,6 +36,7 @@ from ultralytics_prune.report import count_macs_params, read_csv
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", max_map_drop=1.0)
 PRUNE_ONLY = dict(iterative_steps=1, finetune_epochs=0, onnx=False)
+UNIFORM = dict(sensitivity=False)  # every layer loses `rate` of its channels (the default scan would decide per layer)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def by_importance(untrained, synthetic_data, tmp_path_factory) -> dict[str, nn.M
     """The model pruned to rate 0.5 in one step by every importance criterion."""
     project = tmp_path_factory.mktemp("importance")
     return {
-        name: run("prune", untrained, synthetic_data, project, name, importance=name, rate=0.5, **PRUNE_ONLY)[0].model
+        name: run("prune", untrained, synthetic_data, project, name, importance=name, rate=0.5, **UNIFORM,
+                  **PRUNE_ONLY)[0].model
         for name in IMPORTANCES
     }
 
@@ -113,7 +115,7 @@ def test_taylor_runs_a_gradient_pass_and_leaves_no_args(untrained, synthetic_dat
 def test_global_pruning_ranks_across_layers(untrained, synthetic_data, tmp_path):
     reference = load_model(untrained)
     replace_blocks(reference)  # the same modules, in the same order, as the pruned model
-    local, _ = run("prune", untrained, synthetic_data, tmp_path, "local", rate=0.5, round_to=1, **PRUNE_ONLY)
+    local, _ = run("prune", untrained, synthetic_data, tmp_path, "local", rate=0.5, round_to=1, **UNIFORM, **PRUNE_ONLY)
     ranked, _ = run("prune", untrained, synthetic_data, tmp_path, "global", rate=0.5, round_to=1, global_pruning=True,
                     **PRUNE_ONLY)  # fmt: skip
     local_ratios = [r for r in kept_ratios(reference, local.model) if r < 1]
@@ -126,7 +128,8 @@ def test_step_of_one_eighth_removes_one_eighth_per_layer(untrained, synthetic_da
     """rate=0.125, round_to=8 on yolov8n: each prunable layer loses 12.5 % of its width to within one multiple."""
     reference = load_model(untrained)
     replace_blocks(reference)
-    recipe, _ = run("prune", untrained, synthetic_data, tmp_path, "eighth", rate=0.125, round_to=8, **PRUNE_ONLY)
+    recipe, _ = run("prune", untrained, synthetic_data, tmp_path, "eighth", rate=0.125, round_to=8, **UNIFORM,
+                    **PRUNE_ONLY)
     before, after = widths(reference), widths(recipe.model)
     pruned = [(a, b) for a, b in zip(before, after) if b < a]
     assert len(pruned) > 20, "the layers of 64 channels and more must lose channels"
@@ -213,7 +216,7 @@ def test_bench_latency_table(untrained, synthetic_data, tmp_path):
     sys.path.insert(0, str(ROOT))
     from tools.bench_latency import main as bench_latency
 
-    _, pruned = run("prune", untrained, synthetic_data, tmp_path, "lat", rate=0.5, **PRUNE_ONLY)
+    _, pruned = run("prune", untrained, synthetic_data, tmp_path, "lat", rate=0.5, **UNIFORM, **PRUNE_ONLY)
     out = tmp_path / "latency"
     assert bench_latency([str(untrained), str(pruned), "--imgsz", "64", "--rounds", "3", "--warmup", "1",
                           "--repeat", "2", "--out", str(out)]) == 0  # fmt: skip

@@ -15,7 +15,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune import UserError
 from ultralytics_prune.calibrate import squared_gradients
-from ultralytics_prune.cfg import IMPORTANCES, PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides, ultralytics_args
+from ultralytics_prune.cfg import IMPORTANCES, PRUNE_DEFAULTS, SPARSE_SHARE, get_prune_cfg, recipe_overrides, ultralytics_args
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.graph import held_layers
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
@@ -145,9 +145,30 @@ def test_hessian_end_to_end(synthetic_data, parent, tmp_path):
 
 def test_keys_and_their_mistakes():
     assert "hessian" in IMPORTANCES
-    assert PRUNE_DEFAULTS["sparse_epochs"] == 0 and PRUNE_DEFAULTS["sparse_reg"] > 0
-    for bad in ({"sparse_epochs": -1}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
+    assert PRUNE_DEFAULTS["sparse_epochs"] == -1 and PRUNE_DEFAULTS["sparse_reg"] > 0
+    for bad in ({"sparse_epochs": -2}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
                 {"sparse_epochs": 2, "method": "unstructured"}):  # fmt: skip
         with pytest.raises(UserError) as e:
             get_prune_cfg(overrides={**bad, "mode": "prune"})
         assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)
+
+
+@pytest.mark.parametrize(("keys", "sparse_epochs", "sensitivity"), [
+    ({"mode": "prune", "epochs": 40}, round(40 * SPARSE_SHARE), True),
+    ({"mode": "prune", "epochs": 15}, 2, True),
+    ({"mode": "prune", "epochs": 1}, 0, True),
+    ({"mode": "prune"}, round(PRUNE_DEFAULTS["finetune_epochs"] * SPARSE_SHARE), True),
+    ({"mode": "prune", "epochs": 20, "sparse_epochs": 0}, 0, True),
+    ({"mode": "prune", "epochs": 20, "global_pruning": True}, 2, False),
+    ({"mode": "prune", "epochs": 20, "latency_aware": True}, 2, False),
+    ({"mode": "prune", "epochs": 20, "method": "unstructured"}, 0, False),
+    ({"mode": "slim", "epochs": 20}, 0, False),
+    ({"mode": "train", "epochs": 20}, 0, False),
+])  # fmt: skip
+def test_auto_defaults_follow_the_other_keys(keys, sparse_epochs, sensitivity):
+    """`sparse_epochs=-1` is a tenth of a structured prune's fine-tune epochs; `sensitivity` (on by default) gives way
+    to another width policy and is off outside a structured prune, and `args.yaml` records what was resolved."""
+    args = get_prune_cfg(overrides=recipe_overrides(keys))
+    assert (args.sparse_epochs, args.sensitivity) == (sparse_epochs, sensitivity)
+    with pytest.raises(UserError, match="choose one"):
+        get_prune_cfg(overrides={"mode": "prune", "sensitivity": True, "global_pruning": True})

@@ -72,24 +72,28 @@ def global_widths(
     return widths
 
 
-def allocate_ratios(originals: Sequence[int], drops: Sequence[float], rate: float, max_ratio: float = 0.9) -> list:
+def allocate_ratios(
+    originals: Sequence[int], drops: Sequence[float], rate: float, max_ratio: float = 0.9, floor: float = 0.0
+) -> list:
     """Per-layer ratios that remove the share `rate` of all channels, less from the layers that are more sensitive.
 
     A layer's ratio is proportional to 1 / (drop + eps), where `drop` is the mAP lost when that layer alone is pruned
-    at `rate` and eps is the median drop (so that noise-level drops do not dominate), scaled so that the
-    channel-weighted mean is `rate`; ratios above `max_ratio` are capped and the rest shared by the others.
+    at `rate` and eps is the median drop or `floor`, whichever is larger (so that noise-level drops do not dominate),
+    scaled so that the channel-weighted mean is `rate`; ratios above `max_ratio` are capped and the rest shared by the
+    others.
 
     Args:
         originals (Sequence[int]): Each layer's original width.
         drops (Sequence[float]): mAP lost when each layer alone is pruned (negative values count as 0).
         rate (float): Share of all channels to remove.
         max_ratio (float): Largest share any one layer loses.
+        floor (float): The smallest eps: drops well below it are taken as noise, alike.
 
     Returns:
         (list[float]): One ratio per layer.
     """
     drops = [max(0.0, float(d)) for d in drops]
-    eps = max(sorted(drops)[len(drops) // 2] if drops else 0.0, 1e-3)
+    eps = max(sorted(drops)[len(drops) // 2] if drops else 0.0, floor, 1e-3)
     weights = [1 / (d + eps) for d in drops]
     ratios = [0.0] * len(originals)
     free = set(range(len(originals)))
