@@ -181,11 +181,12 @@ def machine_signature(backend: str) -> dict:
     return signature
 
 
-def cache_file(model: nn.Module, imgsz: int, backend: str) -> Path:
+def cache_file(model: nn.Module, imgsz: int, backend: str, round_to: int) -> Path:
     """Where the table of `model`'s architecture (every convolution's name and weight shape) at `imgsz` on `backend`
-    and this machine is kept between runs."""
+    and this machine is kept between runs; `round_to` is part of the key, since the sweep's cuts are rounded by it."""
     convs = [[n, list(m.weight.shape)] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    key = {"sweep": SWEEP, "imgsz": imgsz, "backend": backend, "machine": machine_signature(backend), "convs": convs}
+    key = {"sweep": SWEEP, "imgsz": imgsz, "backend": backend, "machine": machine_signature(backend), "convs": convs,
+           "round_to": round_to}  # fmt: skip
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return CACHE_DIR / f"{backend}-{imgsz}-{digest}.csv"
 

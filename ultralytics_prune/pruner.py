@@ -166,7 +166,7 @@ class DepGraphPruner(PruneRun):
             self._latency_table = LatencyTable.load(file)
             return self._latency_table
         model = self.model if not self.rows[1:] else self.input_model()
-        cached = cache_file(model, self.args.imgsz, backend)
+        cached = cache_file(model, self.args.imgsz, backend, self.args.round_to)
         if (table := read_cached(cached)) is not None:
             LOGGER.info(f"{self.prefix}latency table on {backend} read from {cached} (an earlier run's, same "
                         f"architecture and image size on this machine; delete it to measure again)")  # fmt: skip
