@@ -40,7 +40,10 @@ def inference_outputs(out) -> list[torch.Tensor]:
     return [preds] if isinstance(preds, torch.Tensor) else [t for t in preds if isinstance(t, torch.Tensor)]
 
 
-def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float = 1e-3) -> dict:
+ONNX_TOLERANCE = 1e-3  # an exported model matches PyTorch when every output is within this share of its own scale
+
+
+def check_onnx(onnx_file: str | Path, model: nn.Module, imgsz: int, atol: float = ONNX_TOLERANCE) -> dict:
     """Run an exported ONNX model in onnxruntime (CPU provider) and compare every output with PyTorch's.
 
     End-to-end heads (YOLO26) output top-k detections; near-ties may swap order, so their rows are compared sorted by
