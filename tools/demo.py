@@ -1,7 +1,7 @@
 """End-to-end demo on CPU, offline: make a synthetic dataset, train YOLOv8n, prune it to half its MACs, compare.
 
     python tools/demo.py                 # about 9 minutes on 2 CPU cores
-    python tools/demo.py --out runs/demo --epochs 40 --rate 0.35 --finetune 10
+    python tools/demo.py --out runs/demo --epochs 40 --speedup 2 --finetune 10
 
 Everything lands in `--out`: the dataset, the training run of the base model, and the benchmark (base, `continue` (the
 base fine-tuned the same epochs with nothing cut: what the pruned model is read against) and pruned side by side on
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo", help="folder for the dataset and all runs")
     parser.add_argument("--model", default="yolov8n.yaml", help="Ultralytics model yaml to train from scratch")
     parser.add_argument("--epochs", type=int, default=40, help="training epochs of the base model")
-    parser.add_argument("--rate", type=float, default=0.35, help="channel pruning rate (0.35: about half the MACs)")
+    parser.add_argument("--speedup", type=float, default=2.0, help="prune until the MACs fell by this factor")
     parser.add_argument("--finetune", type=int, default=10, help="fine-tune epochs after pruning")
     parser.add_argument("--imgsz", type=int, default=128, help="image size")
     args = parser.parse_args(argv)
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     base.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=2, plots=False, seed=0,
                project=str(out), name="base", exist_ok=True)  # fmt: skip
     best = Path(base.trainer.best)
-    code = benchmark(["--data", str(data), "--model", str(best), "--rate", str(args.rate), "--epochs",
-                      str(args.finetune), "--steps", "1", "--imgsz", str(args.imgsz), "--rows", "base,continue,prune",
-                      "--out", str(out / "benchmark")])  # fmt: skip
+    code = benchmark(["--data", str(data), "--model", str(best), "--speedup", str(args.speedup), "--speedup-by", "macs",
+                      "--epochs", str(args.finetune), "--steps", "1", "--imgsz", str(args.imgsz),
+                      "--rows", "base,continue,prune", "--out", str(out / "benchmark")])  # fmt: skip
     LOGGER.info(f"Demo done: {out / 'benchmark' / 'benchmark.md'}, pruned model {out / 'benchmark/prune/weights'}")
     return code
 
