@@ -1,6 +1,6 @@
 """End-to-end demo on CPU, offline: make a synthetic dataset, train YOLOv8n, prune it to half its MACs, compare.
 
-    python tools/demo.py                 # about 9 minutes on 2 CPU cores
+    python tools/demo.py                 # about 13 minutes on 2 CPU cores
     python tools/demo.py --out runs/demo --epochs 40 --speedup 2 --finetune 10
 
 Everything lands in `--out`: the dataset, the training run of the base model, and the benchmark (base, `continue` (the
