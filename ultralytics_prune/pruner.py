@@ -54,7 +54,7 @@ class DepGraphPruner(PruneRun):
     `target_macs` / `speedup`, so that MACs fall geometrically to that goal; the loop around it validates, fine-tunes
     for `epochs` and stops when the task's mAP50-95 falls more than `max_map_drop` below the start. With
     `target_latency` / `speedup_by=latency` the goal is the latency measured on `latency_backend`. With
-    `sensitivity=True` a scan before the first step gives each layer its own share of `rate` (see `sensitivity`); with
+    `sensitivity=True` (the default) a scan before the first step gives each layer its own share of `rate` (see `sensitivity`); with
     `latency_aware=True` one ranking of importance per millisecond on `latency_backend` does (see `latency_table`).
     """
 

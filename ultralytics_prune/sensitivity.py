@@ -6,9 +6,9 @@ training images (`calibrate.eval_loss`): a label-aware measure whose cost is bou
 validation split, and that needs no NMS. The cut is simulated, not made: every parameter slice the cut would remove
 is zeroed (`group_sparsity.channel_masks`), which computes exactly what the pruned model computes (a channel whose
 BatchNorm weight and bias are zero outputs SiLU(0) = 0, and its consumers' columns are zero too), and the weights are
-put back after each layer. One trace of the graph serves the whole scan, so its cost is two passes over the images
-per layer (re-estimation and loss), whatever the model's size; on YOLOv8n at 128 px a deep copy and a re-trace per
-layer had cost as much again. Layers whose cut raises the loss more keep more
+put back after each layer. One trace of the graph serves the whole scan, so each layer costs two passes over the
+images (re-estimation and loss) and no copy or re-trace of the model; on YOLOv8n at 128 px the copy and re-trace per
+layer had cost 87 s against 52 s for the whole scan. Layers whose cut raises the loss more keep more
 (`widths.allocate_ratios`), for the same share of channels removed overall.
 """
 
@@ -58,17 +58,16 @@ def scan_sensitivity(
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     params = dict(model.named_parameters())
     rows = []
-    try:
-        for i, name in enumerate(TQDM(pruner.names, desc=colorstr("prune: ") + "sensitivity scan")):
-            widths = pruner.widths()
-            widths[i] = kept_width(originals[name], rate, round_to, widths[i])
+    for i, name in enumerate(TQDM(pruner.names, desc=colorstr("prune: ") + "sensitivity scan")):
+        widths = pruner.widths()
+        widths[i] = kept_width(originals[name], rate, round_to, widths[i])
+        try:
             with torch.no_grad():
                 for param, mask in channel_masks(model, pruner.touched(pruner.choose(widths))).items():
                     params[param].mul_(1 - mask.to(params[param]))
             rows.append({"layer": name, "channels": originals[name], "kept": widths[i], "loss": evaluate(model)})
+        finally:  # weights and the statistics `evaluate` re-estimated, also when it fails
             model.load_state_dict(saved)
-    finally:
-        model.load_state_dict(saved)
     return rows
 
 
