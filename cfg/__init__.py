@@ -23,6 +23,7 @@ DEFAULT_PRUNE_CFG_DICT: dict[str, Any] = {**DEFAULT_CFG_DICT, **PRUNE_DEFAULTS}
 
 IMPORTANCES = ("l1", "l2", "bn", "lamp", "taylor", "hessian", "random")
 LATENCY_BACKENDS = ("onnxruntime", "torch", "cuda", "tensorrt")
+DISTILL_LOSSES = ("response", "feature")
 _NUMBER = (int, float)
 # key -> (accepted types, range check, what a valid value is)
 PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -49,6 +50,8 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
     "onnx": ((bool,), lambda v: True, "True or False"),
     "distill": ((bool,), lambda v: True, "True or False"),
+    "distill_loss": ((str,), lambda v: v in DISTILL_LOSSES, "'response' or 'feature'"),
+    "distill_gain": (_NUMBER, lambda v: v > 0, "a number > 0, e.g. 'distill_gain=1.0'"),
     "threshold": (_NUMBER, lambda v: v >= 0, "a number >= 0, e.g. 'threshold=0.01'"),
     "min_channels": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'min_channels=1'"),
 }

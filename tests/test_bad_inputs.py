@@ -71,6 +71,7 @@ TABLE = [
     (f"prune {OK} iterative_steps=0", "iterative_steps"),
     (f"prune {OK} iterative_steps=2.5", "iterative_steps"),
     (f"prune {OK} importance=magic", "importance"),
+    (f"prune {OK} distill=True distill_loss=logits", "'response' or 'feature'"),
     (f"prune {OK} attention=heads", "attention"),
     (f"prune {OK} sensitivity=maybe", "sensitivity"),
     (f"prune {OK} target_macs=-1", "target_macs"),

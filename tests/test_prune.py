@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
 
 from ultralytics_prune import UserError, YOLOPrune
 from ultralytics_prune.checkpoint import load_model, save_checkpoint, to_plain
@@ -291,7 +291,8 @@ def test_pruned_checkpoint_validates_in_fresh_process(e2e, synthetic_data, tmp_p
 
 
 def test_distill_runs_and_saves_no_teacher(e2e, trained, synthetic_data, runs_dir, tmp_path):
-    """`distill=True`: the same architecture as without, no teacher or projector saved, loads in plain Ultralytics."""
+    """`distill=True` (response distillation from the input checkpoint): the same architecture as without, the term in
+    results.csv, no teacher saved, loads in plain Ultralytics."""
     _, final = prune(
         synthetic_data, runs_dir, "prune_distill", model=str(trained["path"]), rate=0.5, iterative_steps=2, epochs=1,
         distill=True, onnx=False,
@@ -302,7 +303,11 @@ def test_distill_runs_and_saves_no_teacher(e2e, trained, synthetic_data, runs_di
     assert not any("teacher" in k or "projector" in k for k in model.state_dict()), "teacher or projector saved"
     assert conv_widths(model) == e2e["widths"] and n_params(model) == e2e["params"], "distillation changed the widths"
     args = yaml_load_args(runs_dir / "prune_distill" / "step1" / "args.yaml")
-    assert args["distill_model"] == str(trained["path"]), "the input checkpoint is the teacher"
+    assert args["distill_loss"] == PRUNE_DEFAULTS["distill_loss"] == "response"
+    assert args["distill_model"] is None, "response distillation keeps Ultralytics' DistillationModel out"
+    results = (runs_dir / "prune_distill" / "step1" / "results.csv").read_text().splitlines()
+    last = dict(zip(results[0].split(","), results[-1].split(",")))
+    assert float(last["train/kd_loss"]) > 0, "the distillation term was trained on"
     assert args["optimizer"] == "SGD" and args["warmup_bias_lr"] == 0.0, "the fine-tune recipe reaches the trainer"
     proc = subprocess.run(
         [sys.executable, "-c", VAL_SCRIPT, str(final), str(synthetic_data)], capture_output=True, text=True,

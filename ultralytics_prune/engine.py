@@ -41,6 +41,7 @@ from ultralytics_prune.report import (
     write_atomic,
     write_csv,
 )
+from ultralytics_prune.response_distill import ResponseDistillation
 from ultralytics_prune.run_folder import RunLock, find_resume_dir, new_run_dir, run_args
 from ultralytics_prune.tasks import TASKS, task_of
 
@@ -252,8 +253,9 @@ class PruneRun:
         `model` as it was after the cut, says so in one line and returns False.
 
         The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
-        With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): Ultralytics
-        wraps the student in its `DistillationModel`; only the student's weights come back.
+        With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): with
+        `distill_loss=response` the student's head outputs are pulled toward the teacher's (`response_distill`), with
+        `feature` Ultralytics wraps the student in its `DistillationModel`; only the student's weights come back.
         `setup(trainer)`, when given, is called before training: a recipe's addition to this fine-tune (e.g.
         `group_sparsity.GroupSparsity.attach`).
         """
@@ -270,12 +272,14 @@ class PruneRun:
             "pretrained": True,
             "mode": "train",
             "save_dir": str(step_dir),
-            "distill_model": self.args.distill_model or (str(self.args.model) if self.args.distill else None),
+            "distill_model": self.teacher() if self.args.distill_loss == "feature" else None,
         }
         trainer = PRUNED_TRAINERS[self.task.name](overrides=overrides)
         trainer.state_file = step_dir / "weights" / RESUME_STATE
         if setup is not None:
             setup(trainer)
+        if self.teacher() and self.args.distill_loss == "response":
+            ResponseDistillation(self.teacher(), self.args.distill_gain).attach(trainer)
         finished = False
         if self.resuming and trainer.state_file.exists():  # killed inside this fine-tune: go on from its last epoch
             trainer.continue_from = trainer.state_file
@@ -309,6 +313,10 @@ class PruneRun:
         model.load_state_dict(self.swap_twins(tuned.float()).state_dict())
         trainer.state_file.unlink(missing_ok=True)  # the step is done; nothing of it needs continuing
         return True
+
+    def teacher(self) -> str | None:
+        """The distillation teacher's checkpoint: `distill_model`, else the input model with `distill=True`."""
+        return self.args.distill_model or (str(self.args.model) if self.args.distill else None)
 
     # files ------------------------------------------------------------------------------------------------------------
     def mark_pruned(self, model: nn.Module) -> None:
