@@ -16,7 +16,16 @@ from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics_prune.graph import held_layers
 from ultralytics_prune.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.sensitivity import NOISE_FLOOR, scan_sensitivity, sensitivity_ratios
+from ultralytics_prune.report import count_macs_params
+from ultralytics_prune.sensitivity import (
+    MIN_SCAN_IMAGES,
+    NOISE_FLOOR,
+    SCAN_MACS,
+    SENSITIVITY_IMAGES,
+    scan_images,
+    scan_sensitivity,
+    sensitivity_ratios,
+)
 from ultralytics_prune.widths import kept_width
 
 RATE = 0.5
@@ -90,3 +99,14 @@ def test_drops_below_the_noise_floor_count_alike(tmp_path):
     assert first == pytest.approx(unchanged, rel=0.02) and second == pytest.approx(unchanged, rel=0.02)
     assert sensitive < 0.02 * unchanged
     assert sum(ratios.values()) == pytest.approx(RATE * len(rows))
+
+
+def test_the_scan_measures_fewer_images_as_the_model_grows_within_its_bounds():
+    layers = 59  # YOLOv8n's prunable groups
+    small = count_macs_params(DetectionModel("yolov8n.yaml", nc=3, verbose=False), 320)[0]
+    assert scan_images(small, layers, "cpu") == SENSITIVITY_IMAGES, "YOLOv8n at 320 px is scanned on every image"
+    large = count_macs_params(DetectionModel("yolov8n.yaml", nc=3, verbose=False), 640)[0]
+    assert MIN_SCAN_IMAGES < scan_images(large, layers, "cpu") < SENSITIVITY_IMAGES
+    assert 2 * layers * large * scan_images(large, layers, "cpu") <= SCAN_MACS["cpu"], "within the CPU's budget"
+    assert scan_images(1e12, layers, "cpu") == MIN_SCAN_IMAGES, "never fewer than the floor"
+    assert scan_images(large, layers, "cuda") == SENSITIVITY_IMAGES, "a GPU affords the whole scan"

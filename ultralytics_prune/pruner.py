@@ -32,14 +32,13 @@ from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.macs_model import MacsModel, widths_for_macs
 from ultralytics_prune.plots import plot_latency_table
 from ultralytics_prune.report import count_macs_params, example_input
-from ultralytics_prune.sensitivity import scan_sensitivity, sensitivity_ratios
+from ultralytics_prune.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
 
 LATENCY_HEADROOM = 1.15  # a latency goal first cuts to this many times its share of the MACs, untimed
 # With latency_aware, every layer keeps at least this share of the width a uniform cut would leave it: per millisecond,
 # a flat ranking (e.g. an untrained model) would otherwise empty the slow layers down to `round_to` channels.
 MIN_KEEP = 0.5
-SENSITIVITY_IMAGES = 64  # training images the sensitivity scan measures each layer's cut on
 
 
 def step_ratios(rate: float, steps: int) -> list[float]:
@@ -314,11 +313,15 @@ class DepGraphPruner(PruneRun):
         return max(0.95, 0.95 * self.args.rate / min(positive)) if positive else 0.95
 
     def scan(self) -> tuple[float, list[dict]]:
-        """The unpruned model's loss and the sensitivity scan of it (see `sensitivity`), on `SENSITIVITY_IMAGES`
-        training images loaded once (BatchNorm re-estimated on them after each cut when `recalibrate` is on)."""
+        """The unpruned model's loss and the sensitivity scan of it (see `sensitivity`), on up to 64 training images
+        (`scan_images`) loaded once (BatchNorm re-estimated on them after each cut when `recalibrate` is on)."""
         model = self.model if not self.rows[1:] else self.input_model()
-        args = ultralytics_args(self.args)
-        batches = list(training_batches(args, SENSITIVITY_IMAGES))
+        args, pruner = ultralytics_args(self.args), self.make_pruner(model)
+        macs, device = count_macs_params(model, self.args.imgsz)[0], next(model.parameters()).device.type
+        batches = list(training_batches(args, scan_images(macs, len(pruner.names), device)))
+        n = sum(len(b["img"]) for b in batches)
+        LOGGER.info(f"{self.prefix}sensitivity scan: {len(pruner.names)} layers x {n} training images, two passes "
+                    f"each ({2 * len(pruner.names) * n * macs / 1e12:.2g} TMACs); 'sensitivity=False' skips it")  # fmt: skip
         images = [b["img"].float() / 255 for b in batches] if self.args.recalibrate else []
 
         def evaluate(copy: nn.Module) -> float:
@@ -326,8 +329,7 @@ class DepGraphPruner(PruneRun):
                 recalibrate_batchnorm(copy, images)
             return eval_loss(copy, args, batches)
 
-        rows = scan_sensitivity(model, self.make_pruner(model), self.original_widths, self.args.rate,
-                                self.args.round_to, evaluate)  # fmt: skip
+        rows = scan_sensitivity(model, pruner, self.original_widths, self.args.rate, self.args.round_to, evaluate)
         # the unpruned model measured the same way: re-estimating its statistics alone raised the loss on these images
         # by about 8 (132.7 -> 140.9 on the hard set's YOLOv8n), which would otherwise count as every layer's cost
         return evaluate(deepcopy(model)), rows

@@ -32,6 +32,22 @@ from ultralytics_prune.widths import allocate_ratios, kept_width
 # ratios 0.21 / 0.09 apart on average with the median drop as the only floor, 0.05 / 0.03 with this one; the first cut
 # kept the same mAP (0.454 / 0.623 -> 0.454 / 0.619), both cuts back to back 0.443 / 0.597 -> 0.438 / 0.616
 NOISE_FLOOR = 0.005
+SENSITIVITY_IMAGES = 64  # training images the scan measures each layer's cut on, at most
+MIN_SCAN_IMAGES = 8  # and at least, whatever the budget
+# the scan's budget of forward MACs (2 passes x layers x images), by device type: on one CPU thread (about 23 GMACs/s
+# in the scan of YOLOv8n at 128 px, 1.2 TMACs in 52 s) the CPU budget is some 6 minutes; a GPU runs the 64 images of
+# yolov8x at 640 px (1.3 PMACs) inside its own
+SCAN_MACS = {"cpu": 8e12, "cuda": 2e15}
+
+
+def scan_images(macs_per_image: float, layers: int, device_type: str) -> int:
+    """How many training images the scan measures each layer on: `SENSITIVITY_IMAGES` where the budget of the device
+    allows it (every model up to YOLOv8n at 320 px on a CPU), fewer for large models and images, never under
+    `MIN_SCAN_IMAGES` (YOLOv8n at 640 px on a CPU: 16; yolov8s: 8). Deterministic for a model, image size and device
+    type, so a run's widths do not depend on how fast the machine is."""
+    budget = SCAN_MACS.get(device_type, SCAN_MACS["cpu"])
+    fits = int(budget // max(2 * layers * macs_per_image, 1.0))
+    return max(MIN_SCAN_IMAGES, min(SENSITIVITY_IMAGES, fits))
 
 
 def scan_sensitivity(
