@@ -8,8 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 from ultralytics.nn.modules.block import C2PSA, C2f, C3k2
 from ultralytics.nn.tasks import DetectionModel
@@ -157,7 +159,6 @@ def test_replace_after_fuse():
 @pytest.mark.parametrize("yaml", ("yolov8n.yaml", "yolo26n.yaml"))
 def test_onnx_export(yaml, tmp_path):
     """The twin model exports to ONNX and onnxruntime matches torch."""
-    ort = pytest.importorskip("onnxruntime")
     b = built(yaml)
     model = copy.deepcopy(b["twin"])
     model.model[-1].export = True  # Detect returns only the decoded predictions, as in Ultralytics exports
@@ -251,7 +252,6 @@ def test_exporter_does_not_see_c2f():
 
 def test_dependency_graph_builds():
     """torch-pruning builds a dependency graph through the twins and links the split convs into cv2."""
-    tp = pytest.importorskip("torch_pruning")
     model = copy.deepcopy(built("yolov8n.yaml")["twin"])
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 64, 64))
     block = model.model[2]

@@ -236,16 +236,14 @@ def test_cfg_prints_both_defaults():
 @pytest.fixture(scope="module")
 def yolo_script() -> str:
     path = console_script("yolo")
-    if path is None:
-        pytest.skip("the 'yolo' console script is not installed")
+    assert path is not None, "the 'yolo' console script is not installed (pip install -e .)"
     return path
 
 
 @pytest.mark.parametrize("name", ["yolo", "yolo-prune"])
 def test_console_script_is_ours_and_passes_version_through(name):
     path = console_script(name)
-    if path is None:
-        pytest.skip(f"the {name!r} console script is not installed")
+    assert path is not None, f"the {name!r} console script is not installed (pip install -e .)"
     p = run_script(path, "version")
     assert p.returncode == 0, p.stdout + p.stderr
     assert ultralytics.__version__ in p.stdout + p.stderr
