@@ -113,10 +113,12 @@ def test_masks_follow_the_checkpoint_the_trainer_loads(tmp_path):
 # end to end
 
 
-def test_sparse_epochs_end_to_end(synthetic_data, parent, tmp_path):
-    """`yolo prune sparse_epochs=2 epochs=1`: the removed channels' norm shrank before the cut (CSV `sparse_left`)."""
+@pytest.mark.parametrize("distill", [{}, {"distill": True, "distill_loss": "feature"}], ids=["plain", "feature-kd"])
+def test_sparse_epochs_end_to_end(synthetic_data, parent, tmp_path, distill):
+    """`yolo prune sparse_epochs=2 epochs=1`: the removed channels' norm shrank before the cut (CSV `sparse_left`);
+    also when Ultralytics' feature distillation wraps the student (its parameters then carry a prefix)."""
     run = run_prune(synthetic_data, parent, tmp_path, rate=0.25, iterative_steps=1, epochs=1, sparse_epochs=2,
-                    sparse_reg=1.0, nbs=16)  # fmt: skip
+                    sparse_reg=1.0, nbs=16, **distill)  # fmt: skip
     rows = read_csv_rows(run / "prune_results.csv")
     assert math.isnan(float(rows[0]["sparse_left"]))  # the unpruned row: no cut
     left = float(rows[1]["sparse_left"])

@@ -21,6 +21,7 @@ import torch.nn as nn
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_prune import __version__
 from ultralytics_prune.attention import restore_attention
@@ -31,6 +32,13 @@ from ultralytics_prune.patches.dfl import restore_dfl
 from ultralytics_prune.tasks import task_of
 
 PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
+
+
+def student_of(model: nn.Module) -> nn.Module:
+    """The model being trained: `model` unwrapped from DDP and from Ultralytics' `DistillationModel` (whose
+    parameters and EMA carry a `student_model.` prefix, and whose checkpoints hold only the student)."""
+    model = unwrap_model(model)
+    return getattr(model, "student_model", model)
 
 
 def make_trainable(model: nn.Module) -> nn.Module:

@@ -21,7 +21,7 @@ from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
 
 from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
-from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint
+from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint, student_of
 from ultralytics_prune.errors import DiskFull, ExportMismatch, is_disk_full
 from ultralytics_prune.finetune_state import RESUME_STATE, caller_random_state, training_finished
 from ultralytics_prune.graph import hold_modules
@@ -299,7 +299,7 @@ class PruneRun:
         tuned = None
         if not reason and best.exists():
             loaded = load_checkpoint(best)[0]
-            tuned = getattr(loaded, "student_model", loaded)  # a DistillationModel is saved without its teacher
+            tuned = student_of(loaded)  # a DistillationModel is saved without its teacher
         if not reason and tuned is None:
             reason = "no checkpoint was written"
         elif not reason and poisoned_best and poisoned_best[-1]:

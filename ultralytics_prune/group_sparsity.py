@@ -26,9 +26,8 @@ from tempfile import TemporaryDirectory
 import torch
 import torch.nn as nn
 from ultralytics.utils import LOGGER, RANK, colorstr
-from ultralytics.utils.torch_utils import unwrap_model
 
-from ultralytics_prune.checkpoint import load_model, save_checkpoint
+from ultralytics_prune.checkpoint import load_model, save_checkpoint, student_of
 from ultralytics_prune.errors import UserError
 
 PREFIX = colorstr("sparse: ")
@@ -139,7 +138,7 @@ class GroupSparsity:
 
     def on_train_start(self, trainer) -> None:
         """Bind to the trainer's model and hook its optimizer."""
-        model = unwrap_model(trainer.model)
+        model = student_of(trainer.model)  # with feature distillation the trainer's model wraps it
         self.bind(model)
         self.start_norm = masked_norm(model, self.masks)
         trainer.optimizer.register_step_pre_hook(self.penalize)
@@ -148,6 +147,6 @@ class GroupSparsity:
         """Log the share of the removed channels' norm left (EMA, the weights saved); mark the epoch as best."""
         trainer.best_fitness = None  # Ultralytics' validate() then takes this epoch as best
         if RANK in {-1, 0} and self.start_norm:
-            left = masked_norm(trainer.ema.ema, self.masks) / self.start_norm
+            left = masked_norm(student_of(trainer.ema.ema), self.masks) / self.start_norm
             LOGGER.info(f"{PREFIX}epoch {trainer.epoch + 1}/{trainer.epochs}: {left:.1%} of the removed channels' norm "
                         f"left, penalty {self.strength:.3g}")  # fmt: skip

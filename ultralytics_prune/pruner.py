@@ -53,8 +53,9 @@ class DepGraphPruner(PruneRun):
     `target_macs` / `speedup`, so that MACs fall geometrically to that goal; the loop around it validates, fine-tunes
     for `epochs` and stops when the task's mAP50-95 falls more than `max_map_drop` below the start. With
     `target_latency` / `speedup_by=latency` the goal is the latency measured on `latency_backend`. With
-    `sensitivity=True` (the default) a scan before the first step gives each layer its own share of `rate` (see `sensitivity`); with
-    `latency_aware=True` one ranking of importance per millisecond on `latency_backend` does (see `latency_table`).
+    `sensitivity=True` (the default) a scan before the first step gives each layer its own share of `rate` (see
+    `sensitivity`); with `latency_aware=True` one ranking of importance per millisecond on `latency_backend` does
+    (see `latency_table`).
     """
 
     mode = "prune"
@@ -320,8 +321,9 @@ class DepGraphPruner(PruneRun):
         macs, device = count_macs_params(model, self.args.imgsz)[0], next(model.parameters()).device.type
         batches = list(training_batches(args, scan_images(macs, len(pruner.names), device)))
         n = sum(len(b["img"]) for b in batches)
-        LOGGER.info(f"{self.prefix}sensitivity scan: {len(pruner.names)} layers x {n} training images, two passes "
-                    f"each ({2 * len(pruner.names) * n * macs / 1e12:.2g} TMACs); 'sensitivity=False' skips it")  # fmt: skip
+        layers = len(pruner.names)
+        LOGGER.info(f"{self.prefix}sensitivity scan: {layers} layers x {n} training images, two passes each "
+                    f"({2 * layers * n * macs / 1e12:.2g} TMACs); 'sensitivity=False' skips it")  # fmt: skip
         images = [b["img"].float() / 255 for b in batches] if self.args.recalibrate else []
 
         def evaluate(copy: nn.Module) -> float:
