@@ -7,6 +7,7 @@ CPU only: models built from Ultralytics' yaml files, 64 px inputs.
 from __future__ import annotations
 
 from copy import deepcopy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import IterableSimpleNamespace
 
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, ultralytics_args
-from ultralytics_prune.response_distill import DistilledCriterion, raw_head_outputs, response_loss
+from ultralytics_prune.errors import UserError
+from ultralytics_prune.group_sparsity import GroupSparsity
+from ultralytics_prune.response_distill import DistilledCriterion, ResponseDistillation, raw_head_outputs, response_loss
 
 YAMLS = ("yolov8n.yaml", "yolo26n.yaml", "yolo11n-seg.yaml")
 
@@ -79,3 +82,14 @@ def test_gain_scales_the_term():
     one = DistilledCriterion(student.init_criterion(), teacher.eval(), gain=1.0)(preds, data)[0][-1]
     half = DistilledCriterion(student.init_criterion(), teacher.eval(), gain=0.5)(preds, data)[0][-1]
     assert half.item() == pytest.approx(one.item() / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("addition", ["response", "sparse"])
+def test_fine_tune_additions_refuse_several_devices_in_one_line(addition):
+    """Ultralytics' DDP workers get none of the callbacks added to a trainer: both additions say so, naming the fix."""
+    trainer = SimpleNamespace(world_size=2, add_callback=lambda *a: pytest.fail("a callback was added"))
+    added = ResponseDistillation("teacher.pt", 1.0) if addition == "response" else GroupSparsity({}, 0.1, 64)
+    with pytest.raises(UserError) as e:
+        added.attach(trainer)
+    assert "\n" not in str(e.value) and "one device" in str(e.value)
+    assert ("distill_loss=feature" if addition == "response" else "sparse_epochs=0") in str(e.value)

@@ -37,3 +37,15 @@ def is_disk_full(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def refuse_several_devices(trainer, key: str, fix: str) -> None:
+    """Refuse a fine-tune addition of ours on several devices: Ultralytics' DDP workers start fresh processes that
+    get none of the callbacks added to `trainer`.
+
+    Raises:
+        UserError: `trainer` trains on more than one device.
+    """
+    if trainer.world_size > 1:
+        raise UserError(f"'{key}' trains on one device (Ultralytics' DDP workers do not get it): use a single "
+                        f"'device', or {fix}")  # fmt: skip

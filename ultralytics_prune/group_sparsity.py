@@ -28,7 +28,7 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER, RANK, colorstr
 
 from ultralytics_prune.checkpoint import load_model, save_checkpoint, student_of
-from ultralytics_prune.errors import UserError
+from ultralytics_prune.errors import refuse_several_devices
 
 PREFIX = colorstr("sparse: ")
 WEAK_LEFT = 0.5  # above this share of the norm left at a cut, the log line suggests a stronger penalty
@@ -125,13 +125,9 @@ class GroupSparsity:
 
         The fitness measured before the cut falls as the removed channels shrink, so Ultralytics' `best.pt` would be
         the least sparse epoch; here every epoch is marked best, so `best.pt` is the last.
-
-        Raises:
-            UserError: Training on several devices: Ultralytics' DDP workers do not get these callbacks.
+        On one device only (`errors.refuse_several_devices`).
         """
-        if trainer.world_size > 1:
-            raise UserError("'sparse_epochs' trains on one device (its penalty does not reach Ultralytics' DDP "
-                            "workers): use a single 'device', or 'sparse_epochs=0'")  # fmt: skip
+        refuse_several_devices(trainer, "sparse_epochs", "'sparse_epochs=0'")
         trainer.add_callback("on_train_start", self.on_train_start)
         trainer.add_callback("on_train_epoch_start", lambda t: self.grow(t.epoch, t.epochs))
         trainer.add_callback("on_train_epoch_end", self.on_train_epoch_end)

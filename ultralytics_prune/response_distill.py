@@ -25,7 +25,7 @@ from torch import nn
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ultralytics_prune.errors import UserError
+from ultralytics_prune.errors import refuse_several_devices
 
 
 def raw_head_outputs(preds) -> dict[str, dict[str, torch.Tensor]]:
@@ -70,14 +70,9 @@ class ResponseDistillation:
         self.teacher, self.gain = teacher, gain
 
     def attach(self, trainer) -> None:
-        """Wrap the student's criterion once the trainer has built its model (Ultralytics' `on_train_start`).
-
-        Raises:
-            UserError: Training on several devices: Ultralytics' DDP workers do not get these callbacks.
-        """
-        if trainer.world_size > 1:
-            raise UserError("'distill_loss=response' trains on one device (Ultralytics' DDP workers do not get it): "
-                            "use a single 'device', or 'distill_loss=feature'")  # fmt: skip
+        """Wrap the student's criterion once the trainer has built its model (Ultralytics' `on_train_start`); on one
+        device only (`errors.refuse_several_devices`)."""
+        refuse_several_devices(trainer, "distill_loss=response", "'distill_loss=feature'")
         trainer.add_callback("on_train_start", self.on_train_start)
 
     def on_train_start(self, trainer) -> None:
