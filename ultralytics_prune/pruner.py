@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from copy import deepcopy
+from functools import cached_property
 
 import torch
 import torch.nn as nn
@@ -90,13 +91,18 @@ class DepGraphPruner(PruneRun):
         wanted = self.args.target_latency or (self.args.speedup and self.args.speedup_by == "latency")
         return f"{self.args.latency_backend}_ms" if wanted else None
 
-    @property
+    @cached_property
     def latency_probe(self) -> LatencyProbe:
-        """Times models against the unpruned one on `latency_backend` (made once, from the input model)."""
-        if not hasattr(self, "_latency_probe"):
-            reference = self.model if not self.rows else self.input_model()
-            self._latency_probe = LatencyProbe(reference, self.args.imgsz, self.args.latency_backend)
-        return self._latency_probe
+        """Times models against the unpruned one on `latency_backend` (made once, from the input model).
+
+        Made when row 0 is measured, or, resumed, first used inside a step's timed cut with `self.model` already cut:
+        so any row on record means the input model, not `unpruned_model`'s row-1 rule."""
+        return LatencyProbe(self.model if not self.rows else self.input_model(), self.args.imgsz,
+                            self.args.latency_backend)  # fmt: skip
+
+    def unpruned_model(self) -> nn.Module:
+        """The model before any cut: the run's own before step 1 is cut (row 0 only), else the input loaded again."""
+        return self.model if not self.rows[1:] else self.input_model()
 
     def measure(self, model: nn.Module) -> dict:
         """The usual columns, plus, with a latency goal, the backend latency and the speed-up over the unpruned
@@ -145,27 +151,21 @@ class DepGraphPruner(PruneRun):
             done = self.prune_to(min(0.95, done["ratio"] + 0.025))
         return done
 
-    @property
+    @cached_property
     def original_widths(self) -> dict[str, int]:
         """Output width of every convolution of the input model (block twins swapped in), by module name."""
-        if not hasattr(self, "_original_widths"):
-            model = self.model if not self.rows[1:] else self.input_model()
-            self._original_widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        return self._original_widths
+        return {n: m.out_channels for n, m in self.unpruned_model().named_modules() if isinstance(m, nn.Conv2d)}
 
-    @property
+    @cached_property
     def latency_table(self) -> LatencyTable:
         """The unpruned model's per-layer latency on `latency_backend`, at full width and at the uniform cuts of
         `SWEEP`: read back from this run's `latency_table.csv` on resume, else from the cache of earlier runs of the
         same architecture, image size and backend on this machine, else measured (and cached). Written to the run
         with its plot `latency_table.png`."""
-        if hasattr(self, "_latency_table"):
-            return self._latency_table
         file, backend = self.save_dir / "latency_table.csv", self.args.latency_backend
         if file.exists():
-            self._latency_table = LatencyTable.load(file)
-            return self._latency_table
-        model = self.model if not self.rows[1:] else self.input_model()
+            return LatencyTable.load(file)
+        model = self.unpruned_model()
         cached = cache_file(model, self.args.imgsz, backend, self.args.round_to)
         if (table := read_cached(cached)) is not None:
             LOGGER.info(f"{self.prefix}latency table on {backend} read from {cached} (an earlier run's, same "
@@ -173,7 +173,6 @@ class DepGraphPruner(PruneRun):
         else:
             table = LatencyTable.measure([model, *self.uniform_cuts(model)], self.args.imgsz, backend)
             write_cached(table, cached)
-        self._latency_table = table
         table.save(file)
         if self.args.plots:
             plot_latency_table(table.rows(), file.with_suffix(".png"), backend)
@@ -287,15 +286,12 @@ class DepGraphPruner(PruneRun):
         return GroupPruner(model, build_importance(self.args.importance), held, max(64, self.args.imgsz),
                            self.args.round_to)  # fmt: skip
 
-    @property
+    @cached_property
     def sensitivity_shares(self) -> dict[str, float] | None:
         """Each layer's share of `rate` from the sensitivity scan (run once, or read back), None without the scan."""
         if not self.args.sensitivity or not self.args.rate:
             return None
-        if not hasattr(self, "_sensitivity"):
-            self._sensitivity = sensitivity_ratios(self.save_dir / "sensitivity.csv", self.args.rate, self.scan,
-                                                   plot=self.args.plots)  # fmt: skip
-        return self._sensitivity
+        return sensitivity_ratios(self.save_dir / "sensitivity.csv", self.args.rate, self.scan, plot=self.args.plots)
 
     def layer_ratio(self, name: str, ratio: float) -> float:
         """The share layer `name` loses when the run as a whole is at `ratio`: its sensitivity share, or `ratio`."""
@@ -316,7 +312,7 @@ class DepGraphPruner(PruneRun):
     def scan(self) -> tuple[float, list[dict]]:
         """The unpruned model's loss and the sensitivity scan of it (see `sensitivity`), on up to 64 training images
         (`scan_images`) loaded once (BatchNorm re-estimated on them after each cut when `recalibrate` is on)."""
-        model = self.model if not self.rows[1:] else self.input_model()
+        model = self.unpruned_model()
         args, pruner = ultralytics_args(self.args), self.make_pruner(model)
         macs, device = count_macs_params(model, self.args.imgsz)[0], next(model.parameters()).device.type
         batches = list(training_batches(args, scan_images(macs, len(pruner.names), device)))
