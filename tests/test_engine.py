@@ -198,7 +198,7 @@ def test_benchmark_reports_a_failing_row_and_goes_on(untrained, synthetic_data, 
 
     out = tmp_path / "bench"
     code = benchmark_main(["--data", str(synthetic_data), "--model", str(untrained), "--imgsz", "64", "--epochs", "1",
-                           "--rows", "base,scratch", "--out", str(out)])  # fmt: skip
+                           "--rows", "base,scratch", "--latency-repeats", "1", "--out", str(out)])  # fmt: skip
     assert code == 1, "a failed row makes the exit status 1"
     rows = read_csv(out / "benchmark.csv")
     assert [r["row"] for r in rows] == ["base", "scratch"]

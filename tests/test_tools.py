@@ -416,7 +416,7 @@ def test_benchmark_continue_row_and_convergence_check(synthetic_data, tmp_path):
     out = tmp_path / "bench"
     code = benchmark_main(["--data", str(synthetic_data), "--model", str(parent), "--imgsz", "64", "--epochs", "1",
                            "--steps", "1", "--rate", "0.5", "--rows", "base,continue,prune",
-                           "--out", str(out)])  # fmt: skip
+                           "--latency-repeats", "2", "--out", str(out)])  # fmt: skip
     assert code == 0
     with open(out / "benchmark.csv") as f:
         assert f.readline().strip().split(",") == list(COLUMNS)
@@ -455,7 +455,7 @@ def test_benchmark_flat_parent_no_continue_row_and_int8(synthetic_data, tmp_path
     parent = _parent(tmp_path / "flat", synthetic_data, flat)
     out = tmp_path / "bench"
     assert benchmark_main(["--data", str(synthetic_data), "--model", str(parent), "--imgsz", "64", "--rows", "base",
-                           "--int8", "--out", str(out)]) == 0  # fmt: skip
+                           "--int8", "--latency-repeats", "1", "--out", str(out)]) == 0  # fmt: skip
     base, int8 = read_csv(out / "benchmark.csv")
     assert base["vs_continue"] == "" and base["error"] == ""
     assert int8["row"] == "base-int8" and int8["error"] == "" and int8["macs_G"] == base["macs_G"]
@@ -523,3 +523,18 @@ def test_gpu_check_without_cuda_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and done.stdout.strip() == NO_CUDA and not done.stderr.strip(), done
     assert not out.exists()
+
+
+def test_onnx_latencies_alternate_the_order_and_pool_every_call(monkeypatch):
+    """Repeats time all files again in reversed order every other time; each file's median is over all its calls."""
+    import ultralytics_prune.latency as latency
+
+    orders = []
+
+    def fake_time_alone(files, imgsz, threads, rounds, warmup):
+        orders.append(list(files))
+        return [[{"a": 1.0, "b": 3.0}[f]] * rounds if len(orders) < 3 else [9.0] for f in files]  # a slow 3rd call
+
+    monkeypatch.setattr(latency, "time_alone", fake_time_alone)
+    assert latency.onnx_latencies(["a", "b"], 64, rounds=2, repeats=3) == [1.0, 3.0]
+    assert orders == [["a", "b"], ["b", "a"], ["a", "b"]]

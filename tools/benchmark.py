@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="train every row but base with the seeds 0..N-1")
     p.add_argument("--int8", action="store_true", help="add an INT8 (onnxruntime static quantization) row per row")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--latency-repeats", type=int, default=5,
+                   help="time every ONNX file this many times, alone, in alternated order (median of all calls)")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -281,7 +283,8 @@ class Benchmark:
         from ultralytics_prune.latency import onnx_latencies
 
         measured = [r for r in runs if r.get("onnx")]
-        for r, ms in zip(measured, onnx_latencies([r["onnx"] for r in measured], self.args.imgsz, rounds=100)):
+        for r, ms in zip(measured, onnx_latencies([r["onnx"] for r in measured], self.args.imgsz, rounds=100,
+                                                 repeats=self.args.latency_repeats)):
             r["onnx_ms"] = ms
         base = next((r for r in measured if r["row"] == "base"), None)
         for r in measured:

@@ -133,6 +133,18 @@ def time_alone(
     return times
 
 
-def onnx_latencies(files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0) -> list:
-    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, each timed alone in its own process."""
-    return [float(np.median(t)) for t in time_alone(files, imgsz, threads, rounds=rounds, warmup=warmup)]
+def onnx_latencies(
+    files: list[str | Path], imgsz: int, rounds: int = 50, warmup: int = 5, threads: int = 0, repeats: int = 1
+) -> list:
+    """Median onnxruntime CPU latency (ms, batch 1) of each ONNX file, each timed alone in its own process.
+
+    With `repeats`, all files are timed that many times, in reversed order every other time, and each file's median
+    is taken over all its calls: one pass per file fell into a slow spell of this shared machine often enough to
+    report a model pruned to half the MACs as slower than its parent (x0.95, where 6 alternated repeats gave x1.74).
+    """
+    calls: list[list[float]] = [[] for _ in files]
+    for repeat in range(repeats):
+        order = list(range(len(files)))[:: -1 if repeat % 2 else 1]
+        for i, times in zip(order, time_alone([files[i] for i in order], imgsz, threads, rounds=rounds, warmup=warmup)):
+            calls[i].extend(times)
+    return [float(np.median(t)) for t in calls]
