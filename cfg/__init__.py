@@ -146,6 +146,7 @@ def get_prune_cfg(
         raise UserError("'sparse_epochs' trains toward a structured cut of 'yolo prune': use 'method=structured'")
     if args.get("attention") == "prune" and args.get("mode") == "slim":
         raise UserError("'attention=prune' works with 'yolo prune'; 'yolo slim' keeps attention heads whole")
+    check_one_device(args)
     return IterableSimpleNamespace(**{**args, "hold": parse_hold(args.get("hold"))})
 
 
@@ -163,6 +164,25 @@ def resolve_auto(args: dict, given: set[str]) -> None:
         args["sensitivity"] = False
     if args.get("sparse_epochs") == -1:
         args["sparse_epochs"] = int(args.get("finetune_epochs", 0) * SPARSE_SHARE + 0.5) if structured_prune else 0
+
+
+def check_one_device(args: dict) -> None:
+    """Refuse, before anything runs, a `yolo prune` on several devices with a fine-tune addition of ours that
+    Ultralytics' DDP workers would not get (`errors.refuse_several_devices` says the same at the fine-tune itself).
+
+    Raises:
+        UserError: `device` lists several devices and `sparse_epochs` or response distillation is on.
+    """
+    device = args.get("device")
+    devices = device if isinstance(device, (list, tuple)) else str(device or "").split(",")
+    if args.get("mode") != "prune" or len(devices) < 2:
+        return
+    distill = (args.get("distill") or args.get("distill_model")) and args.get("distill_loss") == "response"
+    for key, fix, on in (("sparse_epochs", "'sparse_epochs=0'", args.get("sparse_epochs")),
+                         ("distill_loss=response", "'distill_loss=feature'", distill)):  # fmt: skip
+        if on:
+            raise UserError(f"'{key}' trains on one device (Ultralytics' DDP workers do not get it): use a single "
+                            f"'device', or {fix}")  # fmt: skip
 
 
 def check_latency_backend(args: dict) -> None:

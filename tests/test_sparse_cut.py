@@ -149,7 +149,8 @@ def test_keys_and_their_mistakes():
     assert "hessian" in IMPORTANCES
     assert PRUNE_DEFAULTS["sparse_epochs"] == -1 and PRUNE_DEFAULTS["sparse_reg"] > 0
     for bad in ({"sparse_epochs": -2}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
-                {"sparse_epochs": 2, "method": "unstructured"}):  # fmt: skip
+                {"sparse_epochs": 2, "method": "unstructured"}, {"sparse_epochs": 2, "device": "0,1"},
+                {"distill_loss": "response", "distill": True, "sparse_epochs": 0, "device": [0, 1]}):  # fmt: skip
         with pytest.raises(UserError) as e:
             get_prune_cfg(overrides={**bad, "mode": "prune"})
         assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)

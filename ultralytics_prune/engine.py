@@ -260,6 +260,7 @@ class PruneRun:
         `group_sparsity.GroupSparsity.attach`).
         """
         self.mark_pruned(model)  # saved plain: the trainer must not rebuild it from its yaml
+        teacher = self.teacher()
         source = save_checkpoint(model, step_dir / "weights" / "start.pt", train_args=vars(ultralytics_args(self.args)))
         overrides = {
             **vars(self.args),
@@ -272,14 +273,14 @@ class PruneRun:
             "pretrained": True,
             "mode": "train",
             "save_dir": str(step_dir),
-            "distill_model": self.teacher() if self.args.distill_loss == "feature" else None,
+            "distill_model": teacher if self.args.distill_loss == "feature" else None,
         }
         trainer = PRUNED_TRAINERS[self.task.name](overrides=overrides)
         trainer.state_file = step_dir / "weights" / RESUME_STATE
         if setup is not None:
             setup(trainer)
-        if self.teacher() and self.args.distill_loss == "response":
-            ResponseDistillation(self.teacher(), self.args.distill_gain).attach(trainer)
+        if teacher and self.args.distill_loss == "response":
+            ResponseDistillation(teacher, self.args.distill_gain).attach(trainer)
         finished = False
         if self.resuming and trainer.state_file.exists():  # killed inside this fine-tune: go on from its last epoch
             trainer.continue_from = trainer.state_file
