@@ -46,6 +46,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "sparse_epochs": ((int,), lambda v: v >= -1, "an integer >= 0, or -1 for a tenth of the fine-tune epochs"),
     "sparse_reg": (_NUMBER, lambda v: v > 0, "a number > 0, e.g. 'sparse_reg=0.01'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
+    "reconstruct": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'reconstruct=256'"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
     "onnx": ((bool,), lambda v: True, "True or False"),

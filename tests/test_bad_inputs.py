@@ -77,6 +77,7 @@ TABLE = [
     (f"prune {OK} target_macs=-1", "target_macs"),
     (f"prune {OK} speedup=0.5", "speedup"),
     (f"prune {OK} recalibrate=-5", "recalibrate"),
+    (f"prune {OK} reconstruct=-1", "reconstruct"),
     (f"prune {OK} max_map_drop=2", "max_map_drop"),
     (f"prune {OK} epochs=-1", "epochs"),
     (f"slim {OK} threshold=-1", "threshold"),

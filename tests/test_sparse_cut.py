@@ -1,4 +1,5 @@
-"""Cuts that do not damage: sparse training toward the cut (`sparse_epochs`, `sparse_reg`) and `importance=hessian`.
+"""Cuts that do not damage: sparse training toward the cut (`sparse_epochs`, `sparse_reg`), `importance=hessian` and
+least-squares reconstruction of the layers a cut feeds less (`reconstruct`).
 
 CPU only: yolov8n built from yaml (untrained, saved as a checkpoint) on the synthetic 64 px set of conftest.py.
 """
@@ -6,11 +7,15 @@ CPU only: yolov8n built from yaml (untrained, saved as a checkpoint) on the synt
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import re
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune import UserError
@@ -22,6 +27,7 @@ from ultralytics_prune.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.group_sparsity import GroupSparsity, channel_masks, masked_norm, masks_as_saved
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.pruner import DepGraphPruner
+from ultralytics_prune.reconstruct import ChannelLedger, reconstruct_consumers
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", onnx=False, max_map_drop=1.0)
 
@@ -142,12 +148,78 @@ def test_hessian_end_to_end(synthetic_data, parent, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# reconstruct
+
+
+def test_ledger_knows_the_original_channels_of_every_cut_layer():
+    """What the ledger says each convolution keeps is exactly the slice of the model before the cut that remains."""
+    model = yolov8n()
+    reference, ledger = deepcopy(model), ChannelLedger()
+    pruner = GroupPruner(model, build_importance("l2"), held_layers(model), 64, ledger=ledger)
+    pruner.remove(pruner.choose([w // 2 for w in pruner.widths()]))
+    before = dict(reference.named_modules())
+    names = {m: n for n, m in model.named_modules()}
+    fed_less = 0
+    for layer, (keep_out, keep_in) in ledger.kept.items():
+        old = before[names[layer]]
+        assert torch.equal(layer.weight, old.weight[keep_out][:, keep_in])
+        fed_less += len(keep_in) < old.in_channels
+    assert fed_less > 20
+
+
+def test_reconstruction_recovers_a_removed_copy():
+    """A removed input channel that copies a kept one is taken over exactly: the consumer's output is the same."""
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Conv2d(8, 4, 3, padding=1))
+    with torch.no_grad():
+        reference[0].weight[6:] = reference[0].weight[:2]  # channels 6 and 7 are copies of 0 and 1
+    model, ledger = deepcopy(reference), ChannelLedger()
+    ledger.record(model[0], True, [6, 7])
+    ledger.record(model[1], False, [6, 7])
+    with torch.no_grad():
+        model[0].weight = nn.Parameter(model[0].weight[:6].clone())
+        model[1].weight = nn.Parameter(model[1].weight[:, :6].clone())
+    model[0].out_channels = model[1].in_channels = 6
+    images = [torch.rand(4, 3, 16, 16) for _ in range(4)]
+    x = torch.rand(2, 3, 16, 16)
+    assert (model(x) - reference(x)).abs().max() > 1e-2
+
+    (name, before, after), = reconstruct_consumers(reference, model, ledger, images, ridge=1e-9)
+    assert name == "1" and before > 1e-3 and after < 1e-8
+    torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-4)
+
+
+def test_reconstruction_lowers_the_output_error_of_every_consumer():
+    model = yolov8n()
+    reference, ledger = deepcopy(model), ChannelLedger()
+    pruner = GroupPruner(model, build_importance("l2"), held_layers(model), 64, ledger=ledger)
+    pruner.remove(pruner.choose([w // 2 for w in pruner.widths()]))
+    kept = deepcopy(reference.state_dict())
+    torch.manual_seed(1)
+    errors = reconstruct_consumers(reference, model, ledger, [torch.rand(8, 3, 64, 64) for _ in range(4)])
+    assert len(errors) > 20
+    assert all(after <= before for _, before, after in errors)
+    assert sum(after for *_, after in errors) < 0.8 * sum(before for _, before, _ in errors)
+    assert all(torch.equal(v, kept[k]) for k, v in reference.state_dict().items())  # the reference is left alone
+
+
+def test_reconstruct_end_to_end(synthetic_data, parent, tmp_path, logged):
+    with logged(logging.INFO) as lines:
+        run = run_prune(synthetic_data, parent, tmp_path, rate=0.25, iterative_steps=1, epochs=0, reconstruct=16)
+    rebuilt = [re.search(r"(\d+) layers the cut fed less rebuilt on 16 training images", line) for line in lines]
+    assert [int(m[1]) for m in rebuilt if m][0] > 20
+    rows = read_csv_rows(run / "prune_results.csv")
+    assert float(rows[1]["removed"]) > 0.15 and math.isfinite(float(rows[1]["mAP50-95_pre"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # keys
 
 
 def test_keys_and_their_mistakes():
     assert "hessian" in IMPORTANCES
     assert PRUNE_DEFAULTS["sparse_epochs"] == -1 and PRUNE_DEFAULTS["sparse_reg"] > 0
+    assert PRUNE_DEFAULTS["reconstruct"] >= 0
     for bad in ({"sparse_epochs": -2}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
                 {"sparse_epochs": 2, "method": "unstructured"}, {"sparse_epochs": 2, "device": "0,1"},
                 {"distill_loss": "response", "distill": True, "sparse_epochs": 0, "device": [0, 1]}):  # fmt: skip

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ultralytics_prune.graph import build_graph, is_out_channels, prunable_groups, twin_halves
+from ultralytics_prune.reconstruct import ChannelLedger
 from ultralytics_prune.widths import tie_halves
 
 
@@ -42,6 +43,7 @@ class GroupPruner:
         held (list[nn.Module]): Layers whose output channels never change.
         imgsz (int): Side of the example image used for tracing.
         round_to (int): Where the two halves of a block twin are tied (see `prune`), their width is a multiple of this.
+        ledger (ChannelLedger, optional): Told of every layer slice before it is removed (see `reconstruct`).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class GroupPruner:
         held: list[nn.Module],
         imgsz: int,
         round_to: int = 1,
+        ledger: ChannelLedger | None = None,
     ):
         """Trace the model and score every prunable group (before anything is removed)."""
         self.graph = build_graph(model, imgsz)
@@ -65,7 +68,7 @@ class GroupPruner:
             self.names.append(names[group[0].dep.target.module])
             self.scores.append(score.detach().float().cpu())
         self.halves = twin_halves(model, self.graph, self.groups)
-        self.round_to = round_to
+        self.round_to, self.ledger = round_to, ledger
 
     def widths(self) -> list[int]:
         """The current width of every scored group."""
@@ -92,7 +95,11 @@ class GroupPruner:
         """Remove the root channels `cuts` of every group (from `choose`, on the model as it was scored)."""
         for group, idxs in zip(self.groups, cuts):
             if idxs:
-                self.graph.get_pruning_group(group[0].dep.target.module, tp.prune_conv_out_channels, idxs).prune()
+                cut = self.graph.get_pruning_group(group[0].dep.target.module, tp.prune_conv_out_channels, idxs)
+                if self.ledger is not None:
+                    for item in cut.items:
+                        self.ledger.record(item.dep.target.module, is_out_channels(self.graph, item), item.idxs)
+                cut.prune()
 
     def touched(self, cuts: list[list[int]]) -> Iterator[tuple[nn.Module, bool, list[int]]]:
         """Every layer slice that removing `cuts` takes away: (layer, True when the indices are its output channels

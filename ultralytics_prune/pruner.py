@@ -22,6 +22,7 @@ from ultralytics_prune.calibrate import (
     recalibrate_batchnorm,
     squared_gradients,
     training_batches,
+    training_images,
 )
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.engine import PruneRun
@@ -32,6 +33,7 @@ from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, cha
 from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.macs_model import MacsModel, widths_for_macs
 from ultralytics_prune.plots import plot_latency_table
+from ultralytics_prune.reconstruct import ChannelLedger, reconstruct_consumers
 from ultralytics_prune.report import count_macs_params, example_input
 from ultralytics_prune.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.widths import global_widths, kept_width
@@ -67,9 +69,23 @@ class DepGraphPruner(PruneRun):
         """`iterative_steps`."""
         return self.args.iterative_steps
 
+    ledger: ChannelLedger | None = None  # what the step's cuts removed, kept while `reconstruct` is on
+
     def remove(self, step: int) -> dict:
-        """This step's cut (see `cut`); with `sparse_epochs`, made after training its channels toward zero."""
-        return self.sparse_cut(step) if self.args.sparse_epochs else self.cut(step)
+        """This step's cut (see `cut`); with `sparse_epochs`, made after training its channels toward zero; with
+        `reconstruct`, the layers the cut fed less rebuilt after it to give the outputs of the model before the step."""
+        reference = deepcopy(self.model) if self.args.reconstruct else None
+        self.ledger = ChannelLedger() if reference is not None else None
+        done = self.sparse_cut(step) if self.args.sparse_epochs else self.cut(step)
+        if reference is not None:
+            args, n = ultralytics_args(self.args), self.args.reconstruct
+            if self.args.recalibrate:  # the inputs as the cut model sees them once its statistics are re-estimated
+                recalibrate_batchnorm(self.model, training_images(args, self.args.recalibrate))
+            errors = reconstruct_consumers(reference, self.model, self.ledger, training_images(args, n))
+            before, after = (float(torch.tensor([e[i] for e in errors]).median()) if errors else 0.0 for i in (1, 2))
+            LOGGER.info(f"{self.prefix}step {step}: {len(errors)} layers the cut fed less rebuilt on {n} training "
+                        f"images, output error (median) {before:.1%} -> {after:.1%}")  # fmt: skip
+        return done
 
     def cut(self, step: int) -> dict:
         """Remove channels up to this step's cumulative ratio, or down to this step's latency or MACs goal.
@@ -284,7 +300,7 @@ class DepGraphPruner(PruneRun):
         """The group pruner of `model` with this run's criterion and held layers."""
         held = held_layers(model, hold_modules(model, self.args.hold))
         return GroupPruner(model, build_importance(self.args.importance), held, max(64, self.args.imgsz),
-                           self.args.round_to)  # fmt: skip
+                           self.args.round_to, self.ledger)  # fmt: skip
 
     @cached_property
     def sensitivity_shares(self) -> dict[str, float] | None:
