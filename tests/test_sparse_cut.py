@@ -165,6 +165,8 @@ def test_ledger_knows_the_original_channels_of_every_cut_layer():
         assert torch.equal(layer.weight, old.weight[keep_out][:, keep_in])
         fed_less += len(keep_in) < old.in_channels
     assert fed_less > 20
+    watched = dict(ledger.reference.named_modules())  # the model as it was before the first removal
+    assert all(torch.equal(watched[n].weight, m.weight) for n, m in before.items() if isinstance(m, nn.Conv2d))
 
 
 def test_reconstruction_recovers_a_removed_copy():

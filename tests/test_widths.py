@@ -1,4 +1,5 @@
-"""Tests of the width arithmetic (`ultralytics_prune.widths`): rounding to the nearest multiple, never compounding."""
+"""Tests of the width arithmetic (`ultralytics_prune.widths`): rounding to the nearest multiple, never compounding; and
+of the width policies built on it (`ultralytics_prune.width_policy`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import itertools
 import pytest
 import torch
 
+from ultralytics_prune.width_policy import (
+    MAX_RATIO,
+    GlobalWidths,
+    LatencyAwareWidths,
+    SensitivityWidths,
+    UniformWidths,
+)
 from ultralytics_prune.widths import allocate_ratios, global_widths, kept_width, tie_halves
 
 ORIGINALS = (1, 3, 8, 16, 24, 32, 48, 64, 80, 128, 256, 512)
@@ -83,3 +91,26 @@ def test_tie_halves_mean_rounded_wider_and_held():
     assert tie_halves(widths, currents, [(0, 1)], wider=True) == [24, 24, 8, 8]
     assert tie_halves([8, 24], [32, 16], [(0, 1)], wider=True) == [16, 16], "never above a current width"
     assert tie_halves(widths, currents, []) == widths
+
+
+def test_every_width_policy_narrows_as_the_run_ratio_rises():
+    """Each policy keeps every channel at ratio 0, never widens a group as the ratio rises, never empties one, and
+    says how far its ratio may go."""
+    torch.manual_seed(0)
+    names, originals = ["a", "b", "c"], [32, 64, 16]
+    given = (names, [torch.rand(o) for o in originals], originals, 8)
+    shares = {"a": 0.1, "b": 0.5, "c": 0.9}
+    policies = [UniformWidths(*given), SensitivityWidths(*given, shares, 0.5), GlobalWidths(*given),
+                LatencyAwareWidths(*given, costs=[1.0, 2.0, 3.0])]  # fmt: skip
+    for policy in policies:
+        last = policy(0.0)
+        assert last == originals, type(policy).__name__
+        for ratio in (0.1, 0.3, 0.5, 0.7, 0.9):
+            widths = policy(ratio)
+            assert all(1 <= w <= previous for w, previous in zip(widths, last)), (type(policy).__name__, ratio)
+            last = widths
+        assert sum(last) < 0.5 * sum(originals), type(policy).__name__
+    sensitivity = policies[1]
+    assert sensitivity.ratios(0.5) == pytest.approx([0.1, 0.5, 0.9])
+    assert sensitivity.max_ratio == pytest.approx(MAX_RATIO * 0.5 / 0.1) == SensitivityWidths.top(shares, 0.5)
+    assert UniformWidths(*given).max_ratio == MAX_RATIO

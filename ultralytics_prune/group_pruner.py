@@ -93,6 +93,8 @@ class GroupPruner:
 
     def remove(self, cuts: list[list[int]]) -> None:
         """Remove the root channels `cuts` of every group (from `choose`, on the model as it was scored)."""
+        if self.ledger is not None and any(cuts):
+            self.ledger.watch(self.graph.model)
         for group, idxs in zip(self.groups, cuts):
             if idxs:
                 cut = self.graph.get_pruning_group(group[0].dep.target.module, tp.prune_conv_out_channels, idxs)

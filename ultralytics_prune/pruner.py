@@ -36,17 +36,18 @@ from ultralytics_prune.plots import plot_latency_table
 from ultralytics_prune.reconstruct import ChannelLedger, reconstruct_consumers
 from ultralytics_prune.report import count_macs_params, example_input
 from ultralytics_prune.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
-from ultralytics_prune.widths import global_widths, kept_width
+from ultralytics_prune.width_policy import (
+    MAX_RATIO,
+    GlobalWidths,
+    LatencyAwareWidths,
+    SensitivityWidths,
+    UniformWidths,
+    WidthPolicy,
+)
+from ultralytics_prune.widths import kept_width, step_ratios
 
 LATENCY_HEADROOM = 1.15  # a latency goal first cuts to this many times its share of the MACs, untimed
-# With latency_aware, every layer keeps at least this share of the width a uniform cut would leave it: per millisecond,
-# a flat ranking (e.g. an untrained model) would otherwise empty the slow layers down to `round_to` channels.
-MIN_KEEP = 0.5
-
-
-def step_ratios(rate: float, steps: int) -> list[float]:
-    """Cumulative channel ratio after each step (linear schedule, as torch-pruning's), step 0 = 0."""
-    return [rate * i / steps for i in range(steps + 1)]
+RATIO_INCREMENT = 0.025  # where a goal is still missed after the computed cut, the run ratio rises by this each time
 
 
 class DepGraphPruner(PruneRun):
@@ -69,22 +70,25 @@ class DepGraphPruner(PruneRun):
         """`iterative_steps`."""
         return self.args.iterative_steps
 
+    # what a step's cut leaves for the row `measure` makes of it (read once, then reset)
+    cut_latency: tuple[float, float] | None = None  # (model, unpruned) ms as `prune_to_latency` last timed the cut
+    sparse_left: float = float("nan")  # share of the removed channels' norm left after the sparse epochs
     ledger: ChannelLedger | None = None  # what the step's cuts removed, kept while `reconstruct` is on
 
     def remove(self, step: int) -> dict:
         """This step's cut (see `cut`); with `sparse_epochs`, made after training its channels toward zero; with
         `reconstruct`, the layers the cut fed less rebuilt after it to give the outputs of the model before the step."""
-        reference = deepcopy(self.model) if self.args.reconstruct else None
-        self.ledger = ChannelLedger() if reference is not None else None
+        self.ledger = ChannelLedger() if self.args.reconstruct else None
         done = self.sparse_cut(step) if self.args.sparse_epochs else self.cut(step)
-        if reference is not None:
+        if self.ledger is not None and self.ledger.reference is not None:
             args, n = ultralytics_args(self.args), self.args.reconstruct
             if self.args.recalibrate:  # the inputs as the cut model sees them once its statistics are re-estimated
                 recalibrate_batchnorm(self.model, training_images(args, self.args.recalibrate))
-            errors = reconstruct_consumers(reference, self.model, self.ledger, training_images(args, n))
+            errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger, training_images(args, n))
             before, after = (float(torch.tensor([e[i] for e in errors]).median()) if errors else 0.0 for i in (1, 2))
             LOGGER.info(f"{self.prefix}step {step}: {len(errors)} layers the cut fed less rebuilt on {n} training "
                         f"images, output error (median) {before:.1%} -> {after:.1%}")  # fmt: skip
+        self.ledger = None
         return done
 
     def cut(self, step: int) -> dict:
@@ -128,11 +132,12 @@ class DepGraphPruner(PruneRun):
         """
         row = super().measure(model)
         if self.latency_column:
-            model_ms, reference_ms = self.__dict__.pop("_cut_latency", None) or self.latency_probe.measure(model)
+            timed, self.cut_latency = self.cut_latency, None
+            model_ms, reference_ms = timed or self.latency_probe.measure(model)
             row[self.latency_column] = model_ms
             row[f"{self.args.latency_backend}_speedup"] = reference_ms / model_ms
         if self.args.sparse_epochs:  # the step's share of the removed channels' norm left at the cut (row 0: none)
-            row["sparse_left"] = self.__dict__.pop("_sparse_left", float("nan"))
+            row["sparse_left"], self.sparse_left = self.sparse_left, float("nan")
         return row
 
     def latency_goal(self) -> float | None:
@@ -153,18 +158,18 @@ class DepGraphPruner(PruneRun):
         share of the MACs; each timed increment after that costs an export and a measurement.
         """
         done = self.prune_to_macs(min(1.0, share * LATENCY_HEADROOM) * self.rows[0]["macs_G"] * 1e9)
-        while True:
-            model_ms, reference_ms = self._cut_latency = self.latency_probe.measure(self.model)
-            now = model_ms / reference_ms
-            LOGGER.info(f"{self.prefix}{self.args.latency_backend} {model_ms:.2f} ms, {now:.3f}x the unpruned model's, "
-                        f"with {done['ratio']:.1%} of the channels removed (goal {share:.3f}x)")  # fmt: skip
-            if now <= share:
-                break
-            if done["ratio"] >= 0.95:
-                LOGGER.warning(f"{self.prefix}{share:.3f}x the unpruned latency on {self.args.latency_backend} not "
-                               f"reached: {now:.3f}x with 95% of the channels removed")  # fmt: skip
-                break
-            done = self.prune_to(min(0.95, done["ratio"] + 0.025))
+
+        def fast_enough(done: dict) -> bool:
+            model_ms, reference_ms = self.cut_latency = self.latency_probe.measure(self.model)
+            LOGGER.info(f"{self.prefix}{self.args.latency_backend} {model_ms:.2f} ms, {model_ms / reference_ms:.3f}x "
+                        f"the unpruned model's, with {done['ratio']:.1%} of the channels removed (goal {share:.3f}x)")
+            return model_ms / reference_ms <= share
+
+        done = self.raise_cut(done, fast_enough)
+        model_ms, reference_ms = self.cut_latency
+        if model_ms / reference_ms > share:
+            LOGGER.warning(f"{self.prefix}{share:.3f}x the unpruned latency on {self.args.latency_backend} not "
+                           f"reached: {model_ms / reference_ms:.3f}x with {MAX_RATIO:.0%} of the channels removed")
         return done
 
     @cached_property
@@ -232,27 +237,24 @@ class DepGraphPruner(PruneRun):
         """The width each group of `pruner` keeps when the run as a whole is at `ratio` (see `prune_to`)."""
         return self.width_policy(pruner)(ratio)
 
-    def width_policy(self, pruner: GroupPruner) -> Callable[[float], list[int]]:
-        """The run's width policy for the groups of `pruner`: ratio of the run as a whole -> width of every group.
-
-        Uniform (every layer its share of `ratio`, or its sensitivity share), one global ranking of importance
-        (`global_pruning`), or of importance per millisecond (`latency_aware`).
-        """
-        originals = [self.original_widths[name] for name in pruner.names]
-        round_to = self.args.round_to
+    def width_policy(self, pruner: GroupPruner) -> WidthPolicy:
+        """The run's width policy for the groups of `pruner` (see `width_policy`): one ranking of importance per
+        millisecond (`latency_aware`) or of importance (`global_pruning`), the sensitivity shares, or uniform."""
+        given = (pruner.names, pruner.scores, [self.original_widths[name] for name in pruner.names], self.args.round_to)
         if self.args.latency_aware:
-            costs = channel_costs(self.latency_table, self.model, pruner.graph, pruner.groups)
-            per_ms = [score / max(cost, 1e-9) for score, cost in zip(pruner.scores, costs)]
-            return lambda ratio: global_widths(per_ms, originals, ratio, round_to, 1 - MIN_KEEP * (1 - ratio))
+            return LatencyAwareWidths(*given, channel_costs(self.latency_table, self.model, pruner.graph, pruner.groups))
         if self.args.global_pruning:
-            return lambda ratio: global_widths(pruner.scores, originals, ratio, round_to)
-        current = pruner.widths()
+            return GlobalWidths(*given)
+        if self.sensitivity_shares is not None:
+            return SensitivityWidths(*given, self.sensitivity_shares, self.args.rate)
+        return UniformWidths(*given)
 
-        def uniform(ratio: float) -> list[int]:
-            ratios = [self.layer_ratio(name, ratio) for name in pruner.names]
-            return [kept_width(o, r, round_to, c) for o, r, c in zip(originals, ratios, current)]
-
-        return uniform
+    def raise_cut(self, done: dict, met: Callable[[dict], bool]) -> dict:
+        """The search both goals end with: raise the run ratio by `RATIO_INCREMENT` at a time (cutting further each
+        time) until `met(done)` or the ratio reaches `MAX_RATIO`; the last cut's row entries."""
+        while not met(done) and done["ratio"] < MAX_RATIO:
+            done = self.prune_to(min(MAX_RATIO, done["ratio"] + RATIO_INCREMENT))
+        return done
 
     def after_cut(self, pruner: GroupPruner, widths: list[int], ratio: float) -> dict:
         """Cut the attention heads too (`attention=prune`), drop the gradients; the row entries of `prune_to`."""
@@ -272,20 +274,20 @@ class DepGraphPruner(PruneRun):
         growing L2 penalty of `group_sparsity` (through the same fine-tune as after a cut, in `step<n>/sparse`), and
         removed. How much of their norm is left at the cut goes to the log and to the CSV column `sparse_left`.
         """
-        model = self.model
-        self.model = deepcopy(model)
+        model, ledger = self.model, self.ledger
+        self.model, self.ledger = deepcopy(model), None  # a trial cut: the step's own comes after the sparse epochs
         try:
             done = self.cut(step)
             target = {name: m.out_channels for name, m in self.model.named_modules() if isinstance(m, nn.Conv2d)}
         finally:
-            self.model = model
+            self.model, self.ledger = model, ledger
         pruner = self.scored_pruner()
         cuts = pruner.choose([target[name] for name in pruner.names])
         masks = channel_masks(model, pruner.touched(cuts))
         penalty = GroupSparsity(masks_as_saved(model, masks), self.args.sparse_reg, self.args.nbs)
         before = masked_norm(model, masks)
         self.finetune(model, self.save_dir / f"step{step}" / "sparse", self.args.sparse_epochs, setup=penalty.attach)
-        left = self._sparse_left = masked_norm(model, masks) / max(before, 1e-12)
+        left = self.sparse_left = masked_norm(model, masks) / max(before, 1e-12)
         # with SGD momentum the penalised channels swing through zero, so what is left is not monotone in the strength
         # (measured 0.77 / 0.16 / 0.13 / 0.03 left at sparse_reg 0.01 / 0.05 / 0.2 / 0.3 after 3 epochs, 6 steps each)
         hint = ("; the penalty barely moved them: a larger sparse_reg (0.05-0.3 on a few hundred images) shrinks them"
@@ -309,21 +311,10 @@ class DepGraphPruner(PruneRun):
             return None
         return sensitivity_ratios(self.save_dir / "sensitivity.csv", self.args.rate, self.scan, plot=self.args.plots)
 
-    def layer_ratio(self, name: str, ratio: float) -> float:
-        """The share layer `name` loses when the run as a whole is at `ratio`: its sensitivity share, or `ratio`."""
-        shares = self.sensitivity_shares
-        if shares is None:
-            return ratio
-        return min(0.95, shares.get(name, self.args.rate) * ratio / self.args.rate)
-
     def max_ratio(self) -> float:
-        """The run ratio past which the width policy cuts no further: 0.95, or with sensitivity shares the ratio at
-        which the least-cut layer that may lose anything reaches 0.95 too. A MACs goal beyond what insensitive layers
-        alone give (a converged YOLOv8n, `speedup=2`: x1.64 with every run ratio <= 0.95) then cuts the sensitive
-        ones as well, in proportion to their shares."""
+        """The run ratio past which the run's width policy cuts no further (see `SensitivityWidths.top`)."""
         shares = self.sensitivity_shares if not (self.args.latency_aware or self.args.global_pruning) else None
-        positive = [s for s in (shares or {}).values() if s > 0]
-        return max(0.95, 0.95 * self.args.rate / min(positive)) if positive else 0.95
+        return SensitivityWidths.top(shares, self.args.rate) if shares else MAX_RATIO
 
     def scan(self) -> tuple[float, list[dict]]:
         """The unpruned model's loss and the sensitivity scan of it (see `sensitivity`), on up to 64 training images
@@ -369,12 +360,10 @@ class DepGraphPruner(PruneRun):
             removed = order[group][current[group] - wide : current[group] - narrow]
             return float(removed.mean() / order[group].mean().clamp_min(1e-12))
 
-        policy, top = self.width_policy(pruner), self.max_ratio()
-        widths, ratio = widths_for_macs(policy, macs, target_macs, done["ratio"], top, cost)
+        policy = self.width_policy(pruner)
+        widths, ratio = widths_for_macs(policy, macs, target_macs, done["ratio"], policy.max_ratio, cost)
         done = self.after_cut(pruner, pruner.prune(widths), ratio)
-        while count_macs_params(self.model, self.args.imgsz)[0] > target_macs and done["ratio"] < 0.95:
-            done = self.prune_to(min(0.95, done["ratio"] + 0.025))
-        return done
+        return self.raise_cut(done, lambda _: count_macs_params(self.model, self.args.imgsz)[0] <= target_macs)
 
     def macs_goal(self) -> float | None:
         """Final MACs goal from `target_macs` (GMACs) or `speedup`, or None when `rate` rules."""

@@ -18,6 +18,7 @@ layer's original output and input channels each convolution keeps.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from copy import deepcopy
 
 import torch
 import torch.nn as nn
@@ -30,13 +31,21 @@ ROWS_PER_BATCH = 8192  # output positions sampled per layer and batch: bounds th
 class ChannelLedger:
     """Which original output and input channels every (non-grouped) convolution keeps across the removals of a step.
 
-    `record` is called with each layer slice the dependency graph is about to remove, its indices counted in the layer
-    as it is at that moment; `kept` then maps each touched convolution to the original indices it keeps.
+    `watch` is called before anything is removed and keeps a copy of the model as it is then (`reference`: after any
+    sparse epochs, so the outputs to rebuild are those of the model the removed channels no longer mattered to);
+    `record` with each layer slice the dependency graph is about to remove, its indices counted in the layer as it is
+    at that moment; `kept` then maps each touched convolution to the original indices it keeps.
     """
 
     def __init__(self):
         """An empty ledger: nothing removed yet."""
         self.kept: dict[nn.Conv2d, list[torch.Tensor]] = {}
+        self.reference: nn.Module | None = None
+
+    def watch(self, model: nn.Module) -> None:
+        """Keep a copy of `model` before the step's first removal (later removals of the same step add to it)."""
+        if self.reference is None:
+            self.reference = deepcopy(model)
 
     def record(self, layer: nn.Module, produces: bool, idxs: list[int]) -> None:
         """Note that the slice `idxs` of `layer` (its output channels when `produces`, else its input channels) goes."""

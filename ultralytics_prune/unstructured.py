@@ -9,15 +9,19 @@ NVIDIA GPUs, a sparse CPU runtime) or structured pruning (the default `method=st
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch.nn as nn
 from ultralytics.utils import LOGGER
 
 from ultralytics_prune.checkpoint import mark_pruned
-from ultralytics_prune.pruner import DepGraphPruner, step_ratios
+from ultralytics_prune.engine import PruneRun
+from ultralytics_prune.latency_target import LatencyProbe
 from ultralytics_prune.weight_sparsity import prune_smallest_weights, zero_share
+from ultralytics_prune.widths import step_ratios
 
 
-class UnstructuredPruner(DepGraphPruner):
+class UnstructuredPruner(PruneRun):
     """`yolo prune method=unstructured`: weight sparsity up to `rate` in `iterative_steps`, fine-tuned with the zeros
     held, saved dense. The CSV gains `sparsity` (share of convolution weights at zero) and `dense_speedup` (timed on
     `latency_backend` in turns with the unpruned model).
@@ -25,6 +29,16 @@ class UnstructuredPruner(DepGraphPruner):
     Only `remove` (what a step removes), `measure` and `finish` differ from the structured recipe."""
 
     method = "unstructured"
+
+    @property
+    def n_steps(self) -> int:
+        """`iterative_steps`."""
+        return self.args.iterative_steps
+
+    @cached_property
+    def latency_probe(self) -> LatencyProbe:
+        """Times models in turns with the input model on `latency_backend` (made when step 1 is measured)."""
+        return LatencyProbe(self.input_model(), self.args.imgsz, self.args.latency_backend)
 
     def remove(self, step: int) -> dict:
         """Zero the smallest weights up to this step's cumulative share."""

@@ -14,6 +14,11 @@ from collections.abc import Sequence
 import torch
 
 
+def step_ratios(rate: float, steps: int) -> list[float]:
+    """Cumulative share removed after each step (linear schedule, as torch-pruning's), step 0 = 0."""
+    return [rate * i / steps for i in range(steps + 1)]
+
+
 def kept_width(original: int, ratio: float, round_to: int = 1, current: int | None = None) -> int:
     """Channels a layer of `original` channels keeps when the cumulative share `ratio` of them is removed.
 
