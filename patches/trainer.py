@@ -21,13 +21,13 @@ from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, get_prune_cfg, ultralytics_args
 
+from ultralytics_prune.channels.graph import prunable_batchnorms
 from ultralytics_prune.checkpoint import is_pruned, make_trainable, pruned_info
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.finetune_state import epoch_shuffle, restore_training_state, save_training_state
-from ultralytics_prune.graph import prunable_batchnorms
-from ultralytics_prune.plots import plot_gamma_heatmap
-from ultralytics_prune.sparsity import gamma_histogram, gamma_stats
-from ultralytics_prune.weight_sparsity import hold_zero_weights
+from ultralytics_prune.measure.plots import plot_gamma_heatmap
+from ultralytics_prune.recipes.finetune_state import epoch_shuffle, restore_training_state, save_training_state
+from ultralytics_prune.recipes.sparsity import gamma_histogram, gamma_stats
+from ultralytics_prune.recipes.weight_sparsity import hold_zero_weights
 
 PREFIX = colorstr("prune: ")
 ACCURACY_FALL = 0.2  # sparsity training warns once when mAP50-95 falls this share below its best so far

@@ -21,7 +21,7 @@ from tools.make_dataset import make_synthetic_dataset  # noqa: E402
 @pytest.fixture(autouse=True)
 def latency_table_cache(tmp_path, monkeypatch) -> Path:
     """Latency tables are cached in a folder of each test's own, never in the user's settings folder."""
-    from ultralytics_prune import latency_table
+    from ultralytics_prune.measure import latency_table as latency_table
 
     monkeypatch.setattr(latency_table, "CACHE_DIR", tmp_path / "latency_tables")
     return tmp_path / "latency_tables"

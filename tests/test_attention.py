@@ -10,7 +10,7 @@ import torch
 from ultralytics.nn.modules.block import Attention
 from ultralytics.nn.tasks import DetectionModel
 
-from ultralytics_prune.attention import PrunableAttention, fold_scale, prune_attention
+from ultralytics_prune.channels.attention import PrunableAttention, fold_scale, prune_attention
 from ultralytics_prune.checkpoint import foreign_modules, load_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.errors import UserError
@@ -110,3 +110,31 @@ def test_attention_prune_is_refused_for_slim(synthetic_data, tmp_path):
     with pytest.raises(SystemExit):
         entrypoint(f"yolo prune model={tmp_path / 'x.pt'} data={synthetic_data} attention=heads")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_pickled_under_the_old_module_path_loads(tmp_path, monkeypatch):
+    """Earlier releases pickled `PrunableAttention` as `ultralytics_prune.attention` (before the subpackages); such a
+    file still loads (`checkpoint.MOVED_MODULES`)."""
+    from ultralytics.nn.tasks import temporary_modules
+
+    from ultralytics_prune.checkpoint import MOVED_MODULES
+
+    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    (attn,) = [m for m in model.modules() if type(m) is Attention]
+    trained_like(attn)
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is attn:
+                setattr(parent, name, PrunableAttention.from_attention(attn))
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model.eval()(x)[0]
+    monkeypatch.setattr(PrunableAttention, "__module__", "ultralytics_prune.attention")
+    with temporary_modules(MOVED_MODULES):
+        torch.save({"model": model, "train_args": {}}, tmp_path / "old.pt")
+    monkeypatch.undo()
+    assert b"ultralytics_prune.attention" in (tmp_path / "old.pt").read_bytes()
+    loaded = load_model(tmp_path / "old.pt")
+    assert [type(m).__name__ for m in loaded.modules() if isinstance(m, Attention)] == ["PrunableAttention"]
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x)[0], reference, atol=1e-5)

@@ -11,7 +11,7 @@ from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, Segmentati
 from ultralytics_prune.patches.dfl import LastAxisDFL, replace_dfl
 
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
-from ultralytics_prune.report import check_onnx, export_onnx
+from ultralytics_prune.measure.report import check_onnx, export_onnx
 
 MODELS = [
     (DetectionModel, "yolov8n.yaml", {}),

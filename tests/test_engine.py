@@ -26,12 +26,12 @@ from ultralytics_prune.cfg import FINETUNE_DEFAULTS, IMPORTANCES, get_prune_cfg,
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
-import ultralytics_prune.pruner as pruner_module
+import ultralytics_prune.recipes.depgraph as pruner_module
 from ultralytics_prune import ExportMismatch, UserError, YOLOPrune
 from ultralytics_prune.checkpoint import first_non_finite, load_model, save_checkpoint, to_plain
 from ultralytics_prune.cli import entrypoint
+from ultralytics_prune.measure.report import count_macs_params, read_csv
 from ultralytics_prune.model import RECIPES
-from ultralytics_prune.report import count_macs_params, read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", max_map_drop=1.0)
@@ -285,7 +285,7 @@ def test_onnx_mismatch_fails_the_run_loudly(untrained, synthetic_data, tmp_path,
     import onnx
     from onnx import numpy_helper
 
-    import ultralytics_prune.engine as engine
+    import ultralytics_prune.recipes.loop as engine
 
     real_export = engine.export_onnx
 
@@ -453,29 +453,38 @@ def test_prune_leaves_rng_and_matplotlib_backend_alone(untrained, synthetic_data
 
 
 def project_modules() -> dict[str, Path]:
-    """Module name -> file of every module of ultralytics_prune, with patches/ and cfg/ under their package names."""
+    """Module name -> file of every module of ultralytics_prune and its subpackages, with patches/ and cfg/ under their
+    package names."""
     modules = {}
     for folder, package in ((ROOT / "ultralytics_prune", "ultralytics_prune"), (ROOT / "patches",
                             "ultralytics_prune.patches"), (ROOT / "cfg", "ultralytics_prune.cfg")):  # fmt: skip
-        for file in folder.glob("*.py"):
-            modules[package if file.stem == "__init__" else f"{package}.{file.stem}"] = file
+        for file in folder.rglob("*.py"):
+            parts = [package, *file.relative_to(folder).with_suffix("").parts]
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
     return modules
 
 
 def test_no_import_cycle_and_no_long_module():
     modules = project_modules()
-    assert len(modules) > 15
+    assert len(modules) > 15 and any(name.count(".") > 1 for name in modules), "the subpackages are walked"
     edges = {}
     for name, file in modules.items():
         tree = ast.parse(file.read_text())
         found = set()
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)  # `if TYPE_CHECKING:` imports
+                       and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}  # fmt: skip
         for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module:  # `from a.b import c`: a.b, or a.b.c if a module
                 found.update(m for m in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if m in modules)
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name in modules)
         edges[name] = found - {name}
         assert len(file.read_text().splitlines()) <= 400, f"{file} is over 400 lines"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno < 200, f"class {node.name} of {file} is over 200 lines"
 
     def visit(node: str, path: list[str]) -> None:
         assert node not in path, f"import cycle: {' -> '.join([*path, node])}"
@@ -490,7 +499,7 @@ def test_no_import_cycle_and_no_long_module():
 def test_one_banner_per_run(logged):
     from ultralytics.utils.torch_utils import select_device
 
-    from ultralytics_prune.report import one_banner
+    from ultralytics_prune.measure.report import one_banner
 
     with logged(logging.INFO) as lines, one_banner():
         for _ in range(3):

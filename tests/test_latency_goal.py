@@ -9,12 +9,12 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 
-from ultralytics_prune import pruner as pruner_module
 from ultralytics_prune.checkpoint import save_checkpoint
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.latency_target import LatencyProbe
-from ultralytics_prune.pruner import DepGraphPruner
-from ultralytics_prune.report import count_macs_params, read_csv
+from ultralytics_prune.measure.latency_target import LatencyProbe
+from ultralytics_prune.measure.report import count_macs_params, read_csv
+from ultralytics_prune.recipes import depgraph as pruner_module
+from ultralytics_prune.recipes.depgraph import DepGraphPruner
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, device="cpu", max_map_drop=1.0, finetune_epochs=0, onnx=False)
 
@@ -108,7 +108,7 @@ def test_gpu_latency_backends_refused_with_the_reason(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where no GPU provider can start")
 def test_onnx_runner_refuses_a_silent_cpu_fallback(tmp_path):
     """onnxruntime falls back to the CPU when a GPU provider cannot start; timing that as the GPU would be a lie."""
-    from ultralytics_prune.latency import onnx_runner
+    from ultralytics_prune.measure.latency import onnx_runner
 
     file = tmp_path / "conv.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 64, 64),), str(file), dynamo=False)
@@ -120,7 +120,7 @@ def test_onnx_runner_refuses_a_silent_cpu_fallback(tmp_path):
 
 def test_time_interleaved_takes_turns_in_blocks():
     """Every runner is timed `rounds` times; turns alternate in blocks, each opened by one untimed call."""
-    from ultralytics_prune.latency import time_interleaved
+    from ultralytics_prune.measure.latency import time_interleaved
 
     calls = []
     times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], rounds=7, warmup=2, block=3)

@@ -14,13 +14,13 @@ from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.dfl import replace_dfl
 
-from ultralytics_prune import pruner as pruner_module
+from ultralytics_prune.channels.graph import held_layers
+from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
-from ultralytics_prune.graph import held_layers
-from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.latency_table import LatencyTable, cache_file, channel_costs, monotone, read_cached, write_cached
-from ultralytics_prune.pruner import DepGraphPruner
-from ultralytics_prune.report import read_csv
+from ultralytics_prune.measure.latency_table import LatencyTable, cache_file, channel_costs, monotone, read_cached, write_cached
+from ultralytics_prune.measure.report import read_csv
+from ultralytics_prune.recipes import depgraph as pruner_module
+from ultralytics_prune.recipes.depgraph import DepGraphPruner
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, device="cpu", max_map_drop=1.0, finetune_epochs=0, onnx=False)
 

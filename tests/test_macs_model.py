@@ -8,12 +8,12 @@ from copy import deepcopy
 import pytest
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
-from ultralytics_prune.graph import held_layers
-from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.macs_model import MacsModel, widths_for_macs
+from ultralytics_prune.channels.graph import held_layers
+from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.channels.widths import kept_width
+from ultralytics_prune.measure.macs_model import MacsModel, widths_for_macs
+from ultralytics_prune.measure.report import count_macs_params, example_input
 from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.report import count_macs_params, example_input
-from ultralytics_prune.widths import kept_width
 
 IMGSZ = 96
 

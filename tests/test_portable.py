@@ -17,11 +17,11 @@ from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
 from tools.make_dataset import make_synthetic_dataset
 from ultralytics_prune.checkpoint import foreign_modules, load_model, save_checkpoint, to_plain
-from ultralytics_prune.engine import PruneRun
+from ultralytics_prune.measure.report import ONNX_TOLERANCE
 from ultralytics_prune.model import run_recipe
 from ultralytics_prune.patches.blocks import C2f_v2
 from ultralytics_prune.patches.plain import restore_blocks
-from ultralytics_prune.report import ONNX_TOLERANCE
+from ultralytics_prune.recipes.loop import PruneRun
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", max_map_drop=1.0)
 

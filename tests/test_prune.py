@@ -26,10 +26,10 @@ from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics_prune.cfg import FINETUNE_DEFAULTS, PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
 
 from ultralytics_prune import UserError, YOLOPrune
+from ultralytics_prune.channels.graph import ATTENTION_TYPES, head_output_convs
 from ultralytics_prune.checkpoint import load_model, save_checkpoint, to_plain
 from ultralytics_prune.cli import entrypoint
-from ultralytics_prune.graph import ATTENTION_TYPES, head_output_convs
-from ultralytics_prune.pruner import DepGraphPruner, step_ratios
+from ultralytics_prune.recipes.depgraph import DepGraphPruner, step_ratios
 
 CSV_COLUMNS = [
     "step",

@@ -14,7 +14,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune.checkpoint import save_checkpoint
-from ultralytics_prune.quantize import calibration_batches, decode_nodes, quantize_int8
+from ultralytics_prune.measure.quantize import calibration_batches, decode_nodes, quantize_int8
 
 IMGSZ = 64
 

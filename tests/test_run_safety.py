@@ -17,8 +17,8 @@ from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune.checkpoint import save_checkpoint
 from ultralytics_prune.errors import DiskFull, UserError
-from ultralytics_prune.finetune_state import inexact_continuation
 from ultralytics_prune.model import run_recipe
+from ultralytics_prune.recipes.finetune_state import inexact_continuation
 from ultralytics_prune.run_folder import LOCK_FILE, RunLock, find_resume_dir
 
 YOLO = [sys.executable, "-c", "from ultralytics_prune.cli import entrypoint; entrypoint()"]

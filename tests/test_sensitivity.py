@@ -13,11 +13,9 @@ import torch
 import torch.nn as nn
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
-from ultralytics_prune.graph import held_layers
-from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.report import count_macs_params
-from ultralytics_prune.sensitivity import (
+from ultralytics_prune.channels.graph import held_layers
+from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.channels.sensitivity import (
     MIN_SCAN_IMAGES,
     NOISE_FLOOR,
     SCAN_MACS,
@@ -26,7 +24,9 @@ from ultralytics_prune.sensitivity import (
     scan_sensitivity,
     sensitivity_ratios,
 )
-from ultralytics_prune.widths import kept_width
+from ultralytics_prune.channels.widths import kept_width
+from ultralytics_prune.measure.report import count_macs_params
+from ultralytics_prune.patches.blocks import replace_blocks
 
 RATE = 0.5
 

@@ -1,4 +1,4 @@
-"""Tests for Network Slimming (`ultralytics_prune.slim`): selection, the lossless fold and the `yolo slim` run. CPU."""
+"""Tests for Network Slimming (`ultralytics_prune.recipes.slim`): selection, the lossless fold and the `yolo slim` run. CPU."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from ultralytics.utils import LOGGER
 from ultralytics_prune.patches.blocks import C2f_v2, replace_blocks
 
 from ultralytics_prune import YOLOPrune
-from ultralytics_prune.graph import raw_head_outputs
-from ultralytics_prune.report import inference_outputs, read_csv
-from ultralytics_prune.slim import slim_model
-from ultralytics_prune.slim_select import keep_count, select_channels
+from ultralytics_prune.channels.graph import raw_head_outputs
+from ultralytics_prune.channels.slim_select import keep_count, select_channels
+from ultralytics_prune.measure.report import inference_outputs, read_csv
+from ultralytics_prune.recipes.slim import slim_model
 
 IMGSZ = 64
 

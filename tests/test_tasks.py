@@ -18,15 +18,15 @@ from ultralytics.nn.tasks import ClassificationModel, WorldModel
 from ultralytics_prune.patches.blocks import replace_blocks
 
 from tools.make_dataset import FLIP_IDX, KPT_SHAPE, make_synthetic_dataset
+from ultralytics_prune.channels.graph import held_layers, raw_head_outputs
+from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.channels.widths import kept_width
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.graph import held_layers, raw_head_outputs
-from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.pruner import DepGraphPruner
-from ultralytics_prune.report import count_macs_params, read_csv
+from ultralytics_prune.measure.report import count_macs_params, read_csv
+from ultralytics_prune.recipes.depgraph import DepGraphPruner
 from ultralytics_prune.tasks import TASKS, task_of
-from ultralytics_prune.widths import kept_width
 
 IMGSZ = 64
 TASK_YAMLS = {

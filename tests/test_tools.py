@@ -409,7 +409,7 @@ def test_benchmark_continue_row_and_convergence_check(synthetic_data, tmp_path):
     from tools.benchmark import COLUMNS, CONVERGENCE_RISE
     from tools.benchmark import main as benchmark_main
 
-    from ultralytics_prune.report import read_csv
+    from ultralytics_prune.measure.report import read_csv
 
     rising = [0.1 + 0.01 * i for i in range(10)]  # epochs 9-10 best 0.19, epochs 1-8 best 0.17: +2 points
     parent = _parent(tmp_path / "rising", synthetic_data, rising)
@@ -449,7 +449,7 @@ def test_benchmark_flat_parent_no_continue_row_and_int8(synthetic_data, tmp_path
     import onnx
     from tools.benchmark import main as benchmark_main
 
-    from ultralytics_prune.report import read_csv
+    from ultralytics_prune.measure.report import read_csv
 
     flat = [0.1 + 0.01 * i for i in range(8)] + [0.175, 0.172]  # last 2 best 0.175, before 0.17: +0.5 points
     parent = _parent(tmp_path / "flat", synthetic_data, flat)
@@ -527,7 +527,7 @@ def test_gpu_check_without_cuda_is_one_line_and_exit_2(tmp_path):
 
 def test_onnx_latencies_alternate_the_order_and_pool_every_call(monkeypatch):
     """Repeats time all files again in reversed order every other time; each file's median is over all its calls."""
-    import ultralytics_prune.latency as latency
+    import ultralytics_prune.measure.latency as latency
 
     orders = []
 

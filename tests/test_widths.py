@@ -1,5 +1,5 @@
-"""Tests of the width arithmetic (`ultralytics_prune.widths`): rounding to the nearest multiple, never compounding; and
-of the width policies built on it (`ultralytics_prune.width_policy`)."""
+"""Tests of the width arithmetic (`ultralytics_prune.channels.widths`): rounding to the nearest multiple, never compounding; and
+of the width policies built on it (`ultralytics_prune.channels.width_policy`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import itertools
 import pytest
 import torch
 
-from ultralytics_prune.width_policy import (
+from ultralytics_prune.channels.width_policy import (
     MAX_RATIO,
     GlobalWidths,
     LatencyAwareWidths,
     SensitivityWidths,
     UniformWidths,
 )
-from ultralytics_prune.widths import allocate_ratios, global_widths, kept_width, tie_halves
+from ultralytics_prune.channels.widths import allocate_ratios, global_widths, kept_width, tie_halves
 
 ORIGINALS = (1, 3, 8, 16, 24, 32, 48, 64, 80, 128, 256, 512)
 RATIOS = [i / 40 for i in range(40)]

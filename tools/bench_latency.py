@@ -65,7 +65,7 @@ def backends(models: list, onnx_files: list[Path], imgsz: int, wanted: list[str]
     import torch
     from ultralytics.utils import LOGGER
 
-    from ultralytics_prune.latency import time_alone, time_interleaved, torch_runner
+    from ultralytics_prune.measure.latency import time_alone, time_interleaved, torch_runner
 
     def alone(threads: int = 0, device: str = "cpu") -> Callable:
         def measure(rounds: int, warmup: int, reverse: bool) -> list[list[float]]:
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics_prune.patches.dfl import replace_dfl
 
     from ultralytics_prune.checkpoint import load_model, save_checkpoint
-    from ultralytics_prune.plots import plot_latency
-    from ultralytics_prune.report import count_macs_params, export_onnx, write_csv
+    from ultralytics_prune.measure.plots import plot_latency
+    from ultralytics_prune.measure.report import count_macs_params, export_onnx, write_csv
 
     args = parse_args(argv)
     missing = [c for c in args.checkpoints if not Path(c).is_file()]

@@ -14,7 +14,7 @@ Rows (each given `--epochs` epochs of training in all, on the same data):
   scratch   the architecture `prune` ended with, re-initialised and trained from scratch for `--epochs`
 
 `--int8` adds, for every measured row, `<row>-int8`: its ONNX quantized to INT8 by onnxruntime static quantization,
-calibrated on 64 training images (`ultralytics_prune.quantize`), validated by Ultralytics from the ONNX file and
+calibrated on 64 training images (`ultralytics_prune.measure.quantize`), validated by Ultralytics from the ONNX file and
 timed with the others; `vs_float` is its task mAP50-95 minus that of the same row's float ONNX validated the same way
 (Ultralytics validates an ONNX file at batch 1 on square letterboxed images, a .pt on rectangular batches).
 
@@ -47,7 +47,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ultralytics_prune.engine import PruneRun  # noqa: E402
+from ultralytics_prune.recipes.loop import PruneRun  # noqa: E402
 
 ROWS = ("base", "continue", "prune", "attention", "latency", "distill", "slim", "scratch")
 METRIC = "task_mAP50-95"  # what `vs_continue`, the spread and the convergence check read
@@ -237,7 +237,7 @@ class Benchmark:
         from ultralytics import YOLO
 
         from ultralytics_prune.checkpoint import load_model
-        from ultralytics_prune.report import count_macs_params, export_onnx
+        from ultralytics_prune.measure.report import count_macs_params, export_onnx
 
         macs, params = count_macs_params(load_model(checkpoint), self.args.imgsz)
         metrics = YOLO(str(checkpoint)).val(**self.common, project=str(self.out / "val"), name=checkpoint.stem,
@@ -262,7 +262,7 @@ class Benchmark:
         """The INT8 row of a measured row: its ONNX quantized (see the module doc), validated beside the float ONNX."""
         from ultralytics.utils import LOGGER
 
-        from ultralytics_prune.quantize import calibration_batches, quantize_int8
+        from ultralytics_prune.measure.quantize import calibration_batches, quantize_int8
 
         t = time.perf_counter()
         row = {"row": f"{run['row']}-int8", "seed": run["seed"], "train_epochs": run["train_epochs"], "error": ""}
@@ -280,7 +280,7 @@ class Benchmark:
 
     def add_latency(self, runs: list[dict]) -> None:
         """onnxruntime CPU latency of every measured run (each alone in its own process), and the speed-up over base."""
-        from ultralytics_prune.latency import onnx_latencies
+        from ultralytics_prune.measure.latency import onnx_latencies
 
         measured = [r for r in runs if r.get("onnx")]
         for r, ms in zip(measured, onnx_latencies([r["onnx"] for r in measured], self.args.imgsz, rounds=100,
@@ -333,7 +333,7 @@ def parent_convergence(checkpoint: str | Path) -> dict:
             line for the top of the table) and, when judged, `column`, `epochs`, `tail_epochs`, `best_before`,
             `best_tail` and `rise`.
     """
-    from ultralytics_prune.report import read_csv
+    from ultralytics_prune.measure.report import read_csv
 
     folder = Path(checkpoint).resolve().parent
     file = (folder.parent if folder.name == "weights" else folder) / "results.csv"
@@ -390,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ultralytics.utils import LOGGER
 
-    from ultralytics_prune.plots import plot_benchmark
-    from ultralytics_prune.report import write_csv
+    from ultralytics_prune.measure.plots import plot_benchmark
+    from ultralytics_prune.measure.report import write_csv
 
     convergence = parent_convergence(args.model)
     (LOGGER.info if convergence["converged"] is not False else LOGGER.warning)(f"benchmark: {convergence['message']}")

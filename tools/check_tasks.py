@@ -32,7 +32,7 @@ def check(name: str, task: str, out: Path, imgsz: int) -> list[dict]:
 
     from ultralytics_prune.checkpoint import load_model
     from ultralytics_prune.cli import entrypoint
-    from ultralytics_prune.report import count_macs_params
+    from ultralytics_prune.measure.report import count_macs_params
 
     data = make_synthetic_dataset(out / f"data-{task}", n_train=16, n_val=8, imgsz=imgsz, task=task)
     common = f"data={data} imgsz={imgsz} batch=8 workers=0 exist_ok=True plots=False"

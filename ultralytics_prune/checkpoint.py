@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from ultralytics import __version__ as ULTRALYTICS_VERSION
-from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.nn.tasks import load_checkpoint, temporary_modules
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_prune import __version__
-from ultralytics_prune.attention import restore_attention
+from ultralytics_prune.channels.attention import restore_attention
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.blocks import TWINS
-from ultralytics_prune.patches.plain import restore_blocks
 from ultralytics_prune.patches.dfl import restore_dfl
+from ultralytics_prune.patches.plain import restore_blocks
 from ultralytics_prune.tasks import task_of
 
 PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
@@ -85,6 +85,16 @@ def to_plain(model: nn.Module) -> nn.Module:
     return model
 
 
+MOVED_MODULES = {"ultralytics_prune.attention": "ultralytics_prune.channels.attention"}  # pickled by earlier releases
+
+
+def read_checkpoint(file: str | Path) -> tuple[nn.Module, dict]:
+    """Ultralytics' `load_checkpoint` (model, checkpoint dict), with the classes earlier releases pickled under module
+    paths that have moved since (`MOVED_MODULES`) found where they live now."""
+    with temporary_modules(MOVED_MODULES):
+        return load_checkpoint(file)
+
+
 def is_pruned_file(file: str | Path) -> bool:
     """True when `file` is a checkpoint whose model is pruned (see `is_pruned`); False for anything else, unreadable
     files included (Ultralytics then says what is wrong with them)."""
@@ -92,7 +102,7 @@ def is_pruned_file(file: str | Path) -> bool:
     if path.suffix != ".pt" or not path.is_file():
         return False
     try:
-        return is_pruned(load_checkpoint(path)[0])
+        return is_pruned(read_checkpoint(path)[0])
     except Exception:
         return False
 
@@ -121,7 +131,7 @@ def load_model(weights: str | Path) -> nn.Module:
     if not path.is_file():
         raise UserError(f"checkpoint '{weights}' not found: pass the path of a trained '.pt' file")
     try:
-        model, _ = load_checkpoint(path)
+        model, _ = read_checkpoint(path)
     except Exception as e:  # any failure to unpickle is the file's fault, not ours
         reason = " ".join(str(e).replace("ERROR", "").replace("❌️", "").split())
         why = f"{type(e).__name__}: {reason}"

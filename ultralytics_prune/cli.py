@@ -25,8 +25,8 @@ from ultralytics.cfg import entrypoint as ultralytics_entrypoint
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_PATH, LOGGER, YAML, colorstr
 
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, PRUNE_CFG_PATH, PRUNE_DEFAULTS, check_prune_keys
-from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.checkpoint import is_pruned_file
+from ultralytics_prune.errors import ExportMismatch, UserError
 from ultralytics_prune.model import YOLOPrune, our_keys, resumes_our_training, run_recipe
 from ultralytics_prune.preflight import check_dataset, check_device
 from ultralytics_prune.tasks import SUPPORTED

@@ -12,9 +12,9 @@ from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_override
 from ultralytics_prune.checkpoint import is_pruned, is_pruned_file
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS, SPARSITY_TRAINERS
-from ultralytics_prune.pruner import DepGraphPruner
-from ultralytics_prune.slim import NetworkSlimmer
-from ultralytics_prune.unstructured import UnstructuredPruner
+from ultralytics_prune.recipes.depgraph import DepGraphPruner
+from ultralytics_prune.recipes.slim import NetworkSlimmer
+from ultralytics_prune.recipes.unstructured import UnstructuredPruner
 
 RECIPES = {"prune": DepGraphPruner, "slim": NetworkSlimmer}
 # Sparsity training on from a trained checkpoint starts without Ultralytics' warmup: its bias learning rate of 0.1

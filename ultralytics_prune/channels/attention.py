@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules.block import Attention
 
-from ultralytics_prune.widths import kept_width
+from ultralytics_prune.channels.widths import kept_width
 
 
 class PrunableAttention(Attention):

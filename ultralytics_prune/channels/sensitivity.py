@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 from ultralytics.utils import TQDM, colorstr
 
-from ultralytics_prune.group_pruner import GroupPruner
-from ultralytics_prune.group_sparsity import channel_masks
-from ultralytics_prune.plots import plot_sensitivity
-from ultralytics_prune.report import read_csv, write_csv
-from ultralytics_prune.widths import allocate_ratios, kept_width
+from ultralytics_prune.channels.group_pruner import GroupPruner
+from ultralytics_prune.channels.widths import allocate_ratios, kept_width
+from ultralytics_prune.measure.plots import plot_sensitivity
+from ultralytics_prune.measure.report import read_csv, write_csv
+from ultralytics_prune.recipes.group_sparsity import channel_masks
 
 # loss rises below this share of the unpruned model's loss count alike: the scan's 64 images measure small drops with
 # about that much noise. Two disjoint sets of 64 images (converged YOLOv8n, hard and large-object sets) gave per-layer

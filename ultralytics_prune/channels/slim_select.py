@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ultralytics_prune.graph import is_out_channels
-from ultralytics_prune.widths import tie_halves
+from ultralytics_prune.channels.graph import is_out_channels
+from ultralytics_prune.channels.widths import tie_halves
 
 
 def _pairs(item) -> list[tuple[int, int]]:

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ultralytics_prune.checkpoint import read_checkpoint
 from ultralytics_prune.errors import refuse_several_devices
 
 
@@ -78,7 +78,7 @@ class ResponseDistillation:
     def on_train_start(self, trainer) -> None:
         """Load the teacher onto the trainer's device and wrap the student's criterion."""
         if not isinstance(self.teacher, nn.Module):
-            self.teacher = load_checkpoint(self.teacher)[0]
+            self.teacher = read_checkpoint(self.teacher)[0]
         self.teacher = self.teacher.float().to(trainer.device).eval().requires_grad_(False)
         student = unwrap_model(trainer.model)
         student.criterion = DistilledCriterion(student.init_criterion(), self.teacher, self.gain)

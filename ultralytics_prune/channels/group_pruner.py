@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ultralytics_prune.graph import build_graph, is_out_channels, prunable_groups, twin_halves
-from ultralytics_prune.reconstruct import ChannelLedger
-from ultralytics_prune.widths import tie_halves
+from ultralytics_prune.channels.graph import build_graph, is_out_channels, prunable_groups, twin_halves
+from ultralytics_prune.channels.reconstruct import ChannelLedger
+from ultralytics_prune.channels.widths import tie_halves
 
 
 def build_importance(name: str) -> tp.importance.Importance:

@@ -20,8 +20,8 @@ import torch.nn as nn
 from ultralytics.utils import LOGGER
 
 from ultralytics_prune.checkpoint import save_checkpoint
-from ultralytics_prune.latency import onnx_runner, time_interleaved, torch_runner
-from ultralytics_prune.report import export_onnx
+from ultralytics_prune.measure.latency import onnx_runner, time_interleaved, torch_runner
+from ultralytics_prune.measure.report import export_onnx
 
 
 @contextmanager

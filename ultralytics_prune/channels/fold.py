@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ultralytics_prune.graph import raw_head_outputs
+from ultralytics_prune.channels.graph import raw_head_outputs
 
 
 def relative_diff(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:

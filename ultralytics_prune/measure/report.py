@@ -16,8 +16,8 @@ import torch_pruning as tp
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
-from ultralytics_prune.graph import example_input
-from ultralytics_prune.latency import time_interleaved
+from ultralytics_prune.channels.graph import example_input
+from ultralytics_prune.measure.latency import time_interleaved
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.dfl import replace_dfl
 

@@ -17,9 +17,8 @@ import torch.nn as nn
 import torch_pruning as tp
 from ultralytics.utils import LOGGER, colorstr
 
-from ultralytics_prune.engine import PruneRun
-from ultralytics_prune.fold import fold_constant_inputs, relative_diff
-from ultralytics_prune.graph import (
+from ultralytics_prune.channels.fold import fold_constant_inputs, relative_diff
+from ultralytics_prune.channels.graph import (
     build_graph,
     conv_bn_pairs,
     held_layers,
@@ -29,10 +28,11 @@ from ultralytics_prune.graph import (
     raw_head_outputs,
     twin_halves,
 )
-from ultralytics_prune.plots import plot_gamma_before_after
-from ultralytics_prune.report import write_csv
-from ultralytics_prune.slim_select import group_scores, select_tied
-from ultralytics_prune.sparsity import HIST_EDGES, gamma_histogram
+from ultralytics_prune.channels.slim_select import group_scores, select_tied
+from ultralytics_prune.measure.plots import plot_gamma_before_after
+from ultralytics_prune.measure.report import write_csv
+from ultralytics_prune.recipes.loop import PruneRun
+from ultralytics_prune.recipes.sparsity import HIST_EDGES, gamma_histogram
 
 PREFIX = colorstr("slim: ")
 

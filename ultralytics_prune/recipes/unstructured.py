@@ -14,11 +14,11 @@ from functools import cached_property
 import torch.nn as nn
 from ultralytics.utils import LOGGER
 
+from ultralytics_prune.channels.widths import step_ratios
 from ultralytics_prune.checkpoint import mark_pruned
-from ultralytics_prune.engine import PruneRun
-from ultralytics_prune.latency_target import LatencyProbe
-from ultralytics_prune.weight_sparsity import prune_smallest_weights, zero_share
-from ultralytics_prune.widths import step_ratios
+from ultralytics_prune.measure.latency_target import LatencyProbe
+from ultralytics_prune.recipes.loop import PruneRun
+from ultralytics_prune.recipes.weight_sparsity import prune_smallest_weights, zero_share
 
 
 class UnstructuredPruner(PruneRun):

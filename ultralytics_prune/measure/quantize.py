@@ -24,7 +24,7 @@ def calibration_batches(data: str | Path, imgsz: int, n: int = CALIBRATION_IMAGE
     one."""
     from ultralytics.cfg import get_cfg
 
-    from ultralytics_prune.calibrate import training_batches
+    from ultralytics_prune.channels.calibrate import training_batches
 
     args = get_cfg(overrides={"data": str(data), "imgsz": imgsz, "batch": 1, "workers": 0})
     return [(batch["img"].float() / 255).numpy() for batch in training_batches(args, n)]

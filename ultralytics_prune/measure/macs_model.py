@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ultralytics_prune.widths import tie_halves
+from ultralytics_prune.channels.widths import tie_halves
 
 SEARCH_STEPS = 40  # bisection steps on the ratio (2**-40: far finer than one channel of any layer)
 COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)  # the layers whose MACs follow the widths

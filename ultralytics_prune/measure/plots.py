@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from ultralytics.utils import plt_settings
 
-from ultralytics_prune.sparsity import HIST_EDGES
+from ultralytics_prune.recipes.sparsity import HIST_EDGES
 
 HIST_CENTERS = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
 

@@ -16,37 +16,31 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch.nn as nn
-from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import LOGGER, SETTINGS, TQDM, YAML, colorstr
+from ultralytics.utils import LOGGER, TQDM, YAML, colorstr
 
-from ultralytics_prune.calibrate import recalibrate_batchnorm, training_images
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
-from ultralytics_prune.checkpoint import first_non_finite, load_model, mark_pruned, save_checkpoint, student_of
+from ultralytics_prune.channels.calibrate import recalibrate_batchnorm, training_images
+from ultralytics_prune.channels.graph import hold_modules
+from ultralytics_prune.checkpoint import load_model
 from ultralytics_prune.errors import DiskFull, ExportMismatch, is_disk_full
-from ultralytics_prune.finetune_state import RESUME_STATE, caller_random_state, training_finished
-from ultralytics_prune.graph import hold_modules
-from ultralytics_prune.latency_target import LatencyProbe
-from ultralytics_prune.patches.blocks import replace_blocks
-from ultralytics_prune.patches.dfl import replace_dfl
-from ultralytics_prune.patches.trainer import PRUNED_TRAINERS
-from ultralytics_prune.plots import plot_prune_results
-from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
-from ultralytics_prune.report import (
+from ultralytics_prune.measure.latency_target import LatencyProbe
+from ultralytics_prune.measure.report import (
     check_onnx,
     count_macs_params,
     export_onnx,
     log_summary,
     one_banner,
-    read_csv,
     write_atomic,
-    write_csv,
 )
-from ultralytics_prune.response_distill import ResponseDistillation
+from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
+from ultralytics_prune.recipes.finetune import finetune, teacher_of
+from ultralytics_prune.recipes.finetune_state import RESUME_STATE, caller_random_state
+from ultralytics_prune.recipes.run_files import RunFiles
 from ultralytics_prune.run_folder import RunLock, find_resume_dir, new_run_dir, run_args
 from ultralytics_prune.tasks import TASKS, task_of
 
 
-class PruneRun:
+class PruneRun(RunFiles):
     """One pruning run: load the checkpoint, measure, prune in steps with fine-tuning, report and export.
 
     Subclasses set `mode` and `result_name` and implement `remove` (what one step removes) and, when they take
@@ -101,16 +95,6 @@ class PruneRun:
     def method(self) -> str:
         """What `mark_pruned` records as the method (the mode, unless a recipe says otherwise)."""
         return self.mode
-
-    @property
-    def project(self) -> Path:
-        """The folder that holds this mode's runs: `project=` or `<runs_dir>/<mode>`."""
-        return Path(self.args.project) if self.args.project else Path(SETTINGS["runs_dir"]) / self.mode
-
-    @property
-    def final_file(self) -> Path:
-        """The result checkpoint; the run is finished when it exists and its export was checked (`is_finished`)."""
-        return self.save_dir / "weights" / f"{self.result_name}.pt"
 
     @property
     def n_steps(self) -> int:
@@ -247,141 +231,10 @@ class PruneRun:
 
     # fine-tuning ------------------------------------------------------------------------------------------------------
     def finetune(self, model: nn.Module, step_dir: Path, epochs: int, setup: Callable | None = None) -> bool:
-        """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
-
-        A fine-tune that diverges (Ultralytics gives up on a NaN loss, or its best weights are not finite) leaves
-        `model` as it was after the cut, says so in one line and returns False.
-
-        The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
-        With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): with
-        `distill_loss=response` the student's head outputs are pulled toward the teacher's (`response_distill`), with
-        `feature` Ultralytics wraps the student in its `DistillationModel`; only the student's weights come back.
-        `setup(trainer)`, when given, is called before training: a recipe's addition to this fine-tune (e.g.
-        `group_sparsity.GroupSparsity.attach`).
-        """
-        self.mark_pruned(model)  # saved plain: the trainer must not rebuild it from its yaml
-        teacher = self.teacher()
-        source = save_checkpoint(model, step_dir / "weights" / "start.pt", train_args=vars(ultralytics_args(self.args)))
-        overrides = {
-            **vars(self.args),
-            "model": str(source),
-            "epochs": epochs,
-            "project": str(step_dir.parent),
-            "name": step_dir.name,
-            "exist_ok": True,
-            "resume": False,
-            "pretrained": True,
-            "mode": "train",
-            "save_dir": str(step_dir),
-            "distill_model": teacher if self.args.distill_loss == "feature" else None,
-        }
-        trainer = PRUNED_TRAINERS[self.task.name](overrides=overrides)
-        trainer.state_file = step_dir / "weights" / RESUME_STATE
-        if setup is not None:
-            setup(trainer)
-        if teacher and self.args.distill_loss == "response":
-            ResponseDistillation(teacher, self.args.distill_gain).attach(trainer)
-        finished = False
-        if self.resuming and trainer.state_file.exists():  # killed inside this fine-tune: go on from its last epoch
-            trainer.continue_from = trainer.state_file
-            finished = training_finished(trainer.state_file)  # killed after its last epoch: nothing left to train
-        poisoned_best = []  # Ultralytics writes NaN weights as zeros (nan_to_num), so look before it saves
-        trainer.add_callback("on_model_save", lambda t: poisoned_best.append(first_non_finite(t.ema.ema))
-                             if t.best_fitness == t.fitness else None)  # fmt: skip
-        reason = None
-        try:
-            if not finished:
-                trainer.train()
-        except RuntimeError as e:  # Ultralytics' NaN recovery gives up with a RuntimeError naming NaN
-            if "NaN" not in str(e):
-                raise
-            reason = " ".join(str(e).split())
-        best = trainer.best if trainer.best.exists() else trainer.last
-        tuned = None
-        if not reason and best.exists():
-            loaded = load_checkpoint(best)[0]
-            tuned = student_of(loaded)  # a DistillationModel is saved without its teacher
-        if not reason and tuned is None:
-            reason = "no checkpoint was written"
-        elif not reason and poisoned_best and poisoned_best[-1]:
-            reason = f"NaN or Inf in '{poisoned_best[-1]}' when {best.name} was written"
-        elif not reason and (bad := first_non_finite(tuned)):
-            reason = f"NaN or Inf in '{bad}' of {best.name}"
-        if reason:
-            LOGGER.warning(f"{self.prefix}{step_dir.name}: fine-tuning diverged ({reason}); keeping the model as it "
-                           f"was after the cut")  # fmt: skip
-            return False
-        model.load_state_dict(self.swap_twins(tuned.float()).state_dict())
-        trainer.state_file.unlink(missing_ok=True)  # the step is done; nothing of it needs continuing
-        return True
+        """Fine-tune `model` for `epochs` in `step_dir` and load the best weights back into it; False when it
+        diverged (see `finetune.finetune`)."""
+        return finetune(self, model, step_dir, epochs, setup)
 
     def teacher(self) -> str | None:
-        """The distillation teacher's checkpoint: `distill_model`, else the input model with `distill=True`."""
-        return self.args.distill_model or (str(self.args.model) if self.args.distill else None)
-
-    # files ------------------------------------------------------------------------------------------------------------
-    def mark_pruned(self, model: nn.Module) -> None:
-        """Record in `model` that this run pruned it (see `checkpoint.mark_pruned`)."""
-        mark_pruned(model, self.method, rate=self.args.rate, imgsz=self.args.imgsz)
-
-    def save_model(self, file: Path, **extra) -> Path:
-        """Save `self.model` (plain Ultralytics modules), marked as pruned by this run's mode, with the Ultralytics
-        args to train it on."""
-        self.mark_pruned(self.model)
-        return save_checkpoint(self.model, file, train_args=vars(ultralytics_args(self.args)), **extra)
-
-    def save_step(self, step_dir: Path) -> None:
-        """Keep a finished step's model, for resume and for falling back to the last good step."""
-        self.save_model(step_dir / "weights" / "step.pt")
-
-    def record(self, row: dict) -> None:
-        """Append a row, rewrite the CSV and the plot."""
-        self.rows.append(row)
-        write_csv(self.rows, self.csv)
-        plot_prune_results(self.rows, self.save_dir / f"{self.mode}_results.png", self.task.metric)
-
-    def input_model(self) -> nn.Module:
-        """The input checkpoint's model again, with the block twins swapped in (as row 0 measured it)."""
-        return self.load(self.args.model)
-
-    @staticmethod
-    def swap_twins(model: nn.Module) -> nn.Module:
-        """Swap in the prunable block twins and the box decoder that exports faster (`patches.dfl`); return `model`.
-
-        Only the run's model holds them: what it saves is plain Ultralytics again (`checkpoint.to_plain`).
-        """
-        replace_blocks(model)
-        replace_dfl(model)
-        return model
-
-    def load(self, file: str | Path) -> nn.Module:
-        """A checkpoint of this run (or its input) as the run works on it: FP32, trainable, twins swapped in."""
-        return self.swap_twins(load_model(file))
-
-    def last_good_model(self, step: int) -> nn.Module:
-        """The model of the last finished step before `step` (the input model before step 1)."""
-        return self.input_model() if step <= 1 else self.load(self.step_file(step - 1))
-
-    def step_file(self, step: int) -> Path:
-        """Where the model of a finished step is kept."""
-        return self.save_dir / f"step{step}" / "weights" / "step.pt"
-
-    # resume -----------------------------------------------------------------------------------------------------------
-    def restore(self) -> int:
-        """Reload the rows and the last finished step's model; return the next step.
-
-        A run killed after saving its result but before its export is checked goes straight to `finish`.
-        """
-        if not self.csv.exists():  # stopped before the baseline row was written
-            self.model = load_model(self.args.model)
-            return self.begin()
-        self.rows = read_csv(self.csv)
-        if self.final_file.exists():
-            self.model = self.load(self.final_file)
-            LOGGER.info(f"{self.prefix}resuming {self.save_dir}: saved, exporting again")
-            return self.n_steps + 1
-        last = int(self.rows[-1]["step"])
-        self.model = self.load(self.step_file(last)) if last else self.input_model()
-        self.start_timing(self.input_model() if last else self.model)
-        LOGGER.info(f"{self.prefix}resuming {self.save_dir} after step {last}")
-        return last + 1
+        """The distillation teacher's checkpoint (see `finetune.teacher_of`)."""
+        return teacher_of(self.args)

@@ -15,8 +15,9 @@ import torch.nn as nn
 from ultralytics.nn.modules.block import Attention
 from ultralytics.utils import LOGGER
 
-from ultralytics_prune.attention import prune_attention
-from ultralytics_prune.calibrate import (
+from ultralytics_prune.cfg import ultralytics_args
+from ultralytics_prune.channels.attention import prune_attention
+from ultralytics_prune.channels.calibrate import (
     eval_loss,
     loss_gradients,
     recalibrate_batchnorm,
@@ -24,19 +25,11 @@ from ultralytics_prune.calibrate import (
     training_batches,
     training_images,
 )
-from ultralytics_prune.cfg import ultralytics_args
-from ultralytics_prune.engine import PruneRun
-from ultralytics_prune.graph import held_layers, hold_modules
-from ultralytics_prune.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.group_sparsity import WEAK_LEFT, GroupSparsity, channel_masks, masked_norm, masks_as_saved
-from ultralytics_prune.latency_table import SWEEP, LatencyTable, cache_file, channel_costs, read_cached, write_cached
-from ultralytics_prune.latency_target import LatencyProbe
-from ultralytics_prune.macs_model import MacsModel, widths_for_macs
-from ultralytics_prune.plots import plot_latency_table
-from ultralytics_prune.reconstruct import ChannelLedger, reconstruct_consumers
-from ultralytics_prune.report import count_macs_params, example_input
-from ultralytics_prune.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
-from ultralytics_prune.width_policy import (
+from ultralytics_prune.channels.graph import held_layers, hold_modules
+from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.channels.reconstruct import ChannelLedger, reconstruct_consumers
+from ultralytics_prune.channels.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
+from ultralytics_prune.channels.width_policy import (
     MAX_RATIO,
     GlobalWidths,
     LatencyAwareWidths,
@@ -44,13 +37,18 @@ from ultralytics_prune.width_policy import (
     UniformWidths,
     WidthPolicy,
 )
-from ultralytics_prune.widths import kept_width, step_ratios
+from ultralytics_prune.channels.widths import step_ratios
+from ultralytics_prune.measure.latency_table import channel_costs
+from ultralytics_prune.measure.macs_model import MacsModel, widths_for_macs
+from ultralytics_prune.measure.report import count_macs_params, example_input
+from ultralytics_prune.recipes.group_sparsity import sparse_cut
+from ultralytics_prune.recipes.latency_goal import LatencyGoals
+from ultralytics_prune.recipes.loop import PruneRun
 
-LATENCY_HEADROOM = 1.15  # a latency goal first cuts to this many times its share of the MACs, untimed
 RATIO_INCREMENT = 0.025  # where a goal is still missed after the computed cut, the run ratio rises by this each time
 
 
-class DepGraphPruner(PruneRun):
+class DepGraphPruner(LatencyGoals, PruneRun):
     """`yolo prune`: torch-pruning's DepGraph structured pruning, iterative with fine-tuning.
 
     Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate`, or, with
@@ -71,7 +69,6 @@ class DepGraphPruner(PruneRun):
         return self.args.iterative_steps
 
     # what a step's cut leaves for the row `measure` makes of it (read once, then reset)
-    cut_latency: tuple[float, float] | None = None  # (model, unpruned) ms as `prune_to_latency` last timed the cut
     sparse_left: float = float("nan")  # share of the removed channels' norm left after the sparse epochs
     ledger: ChannelLedger | None = None  # what the step's cuts removed, kept while `reconstruct` is on
 
@@ -104,116 +101,21 @@ class DepGraphPruner(PruneRun):
             return self.prune_to_macs(base * (goal / base) ** fraction)
         return self.prune_to(step_ratios(self.args.rate, self.n_steps)[step])
 
-    # latency goals -------------------------------------------------------------------------------------------------
-    @property
-    def latency_column(self) -> str | None:
-        """The CSV column of the backend latency, when a latency goal is set (e.g. `onnxruntime_ms`)."""
-        wanted = self.args.target_latency or (self.args.speedup and self.args.speedup_by == "latency")
-        return f"{self.args.latency_backend}_ms" if wanted else None
-
-    @cached_property
-    def latency_probe(self) -> LatencyProbe:
-        """Times models against the unpruned one on `latency_backend` (made once, from the input model).
-
-        Made when row 0 is measured, or, resumed, first used inside a step's timed cut with `self.model` already cut:
-        so any row on record means the input model, not `unpruned_model`'s row-1 rule."""
-        return LatencyProbe(self.model if not self.rows else self.input_model(), self.args.imgsz,
-                            self.args.latency_backend)  # fmt: skip
-
     def unpruned_model(self) -> nn.Module:
         """The model before any cut: the run's own before step 1 is cut (row 0 only), else the input loaded again."""
         return self.model if not self.rows[1:] else self.input_model()
-
-    def measure(self, model: nn.Module) -> dict:
-        """The usual columns, plus, with a latency goal, the backend latency and the speed-up over the unpruned
-        model measured in the same interleaved rounds (`<backend>_speedup`).
-
-        The step's cut was timed last by `prune_to_latency`; fine-tuning changes no shape, so that timing is used.
-        """
-        row = super().measure(model)
-        if self.latency_column:
-            timed, self.cut_latency = self.cut_latency, None
-            model_ms, reference_ms = timed or self.latency_probe.measure(model)
-            row[self.latency_column] = model_ms
-            row[f"{self.args.latency_backend}_speedup"] = reference_ms / model_ms
-        if self.args.sparse_epochs:  # the step's share of the removed channels' norm left at the cut (row 0: none)
-            row["sparse_left"], self.sparse_left = self.sparse_left, float("nan")
-        return row
-
-    def latency_goal(self) -> float | None:
-        """Final goal as a share of the unpruned model's latency, from `target_latency` (ms, against the latency
-        measured for row 0) or from `speedup` with `speedup_by=latency`; None without a latency goal."""
-        if not self.latency_column:
-            return None
-        if self.args.target_latency:
-            return self.args.target_latency / self.rows[0][self.latency_column]
-        return 1 / self.args.speedup
-
-    def prune_to_latency(self, share: float) -> dict:
-        """Raise the cumulative ratio in small increments until the model runs in at most `share` of the unpruned
-        model's time on the backend (timed interleaved with it).
-
-        Latency falls no faster than MACs on the backends measured here (convolution time follows MACs, the rest of
-        the graph does not shrink), so the model is first cut, without timing, to `LATENCY_HEADROOM` times that
-        share of the MACs; each timed increment after that costs an export and a measurement.
-        """
-        done = self.prune_to_macs(min(1.0, share * LATENCY_HEADROOM) * self.rows[0]["macs_G"] * 1e9)
-
-        def fast_enough(done: dict) -> bool:
-            model_ms, reference_ms = self.cut_latency = self.latency_probe.measure(self.model)
-            LOGGER.info(f"{self.prefix}{self.args.latency_backend} {model_ms:.2f} ms, {model_ms / reference_ms:.3f}x "
-                        f"the unpruned model's, with {done['ratio']:.1%} of the channels removed (goal {share:.3f}x)")
-            return model_ms / reference_ms <= share
-
-        done = self.raise_cut(done, fast_enough)
-        model_ms, reference_ms = self.cut_latency
-        if model_ms / reference_ms > share:
-            LOGGER.warning(f"{self.prefix}{share:.3f}x the unpruned latency on {self.args.latency_backend} not "
-                           f"reached: {model_ms / reference_ms:.3f}x with {MAX_RATIO:.0%} of the channels removed")
-        return done
 
     @cached_property
     def original_widths(self) -> dict[str, int]:
         """Output width of every convolution of the input model (block twins swapped in), by module name."""
         return {n: m.out_channels for n, m in self.unpruned_model().named_modules() if isinstance(m, nn.Conv2d)}
 
-    @cached_property
-    def latency_table(self) -> LatencyTable:
-        """The unpruned model's per-layer latency on `latency_backend`, at full width and at the uniform cuts of
-        `SWEEP`: read back from this run's `latency_table.csv` on resume, else from the cache of earlier runs of the
-        same architecture, image size and backend on this machine, else measured (and cached). Written to the run
-        with its plot `latency_table.png`."""
-        file, backend = self.save_dir / "latency_table.csv", self.args.latency_backend
-        if file.exists():
-            return LatencyTable.load(file)
-        model = self.unpruned_model()
-        cached = cache_file(model, self.args.imgsz, backend, self.args.round_to)
-        if (table := read_cached(cached)) is not None:
-            LOGGER.info(f"{self.prefix}latency table on {backend} read from {cached} (an earlier run's, same "
-                        f"architecture and image size on this machine; delete it to measure again)")  # fmt: skip
-        else:
-            table = LatencyTable.measure([model, *self.uniform_cuts(model)], self.args.imgsz, backend)
-            write_cached(table, cached)
-        table.save(file)
-        if self.args.plots:
-            plot_latency_table(table.rows(), file.with_suffix(".png"), backend)
-        top = ", ".join(f"{n} {table.full_ms(n):.2f}" for n in sorted(table.layers, key=table.full_ms)[::-1][:3])
-        LOGGER.info(f"{self.prefix}latency table on {backend}: {table.total_ms:.2f} ms, slowest layers {top} ms, "
-                    f"{table.fixed_ms:.2f} ms in no layer; see {file}")  # fmt: skip
-        return table
-
-    def uniform_cuts(self, model: nn.Module) -> list[nn.Module]:
-        """Copies of `model` with every prunable layer cut to each narrower share of `SWEEP` (the latency table's
-        widths). Which channels go does not change the time, so the plain L2 criterion picks them; `hold` is not
-        applied, so the table is of the architecture alone and serves every run of it (see `cache_file`)."""
-        cuts = []
-        for keep in SWEEP[1:]:
-            cut = deepcopy(model)
-            imgsz = max(64, self.args.imgsz)
-            pruner = GroupPruner(cut, build_importance("l2"), held_layers(cut), imgsz, self.args.round_to)
-            pruner.prune([kept_width(w, 1 - keep, self.args.round_to) for w in pruner.widths()])
-            cuts.append(cut)
-        return cuts
+    def measure(self, model: nn.Module) -> dict:
+        """The usual columns (see `LatencyGoals.measure`), plus, with `sparse_epochs`, `sparse_left`."""
+        row = super().measure(model)
+        if self.args.sparse_epochs:  # the step's share of the removed channels' norm left at the cut (row 0: none)
+            row["sparse_left"], self.sparse_left = self.sparse_left, float("nan")
+        return row
 
     def prune_to(self, ratio: float) -> dict:
         """Remove channels so that every prunable layer keeps its share `1 - ratio` of its original width.
@@ -267,36 +169,9 @@ class DepGraphPruner(PruneRun):
         return {"ratio": ratio, "removed": removed}
 
     def sparse_cut(self, step: int) -> dict:
-        """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero.
-
-        The cut is first made on a copy (any goal: rate, MACs, latency), which gives the width of every group; the
-        channels each group then loses are chosen on the model by the run's criterion, trained toward zero with the
-        growing L2 penalty of `group_sparsity` (through the same fine-tune as after a cut, in `step<n>/sparse`), and
-        removed. How much of their norm is left at the cut goes to the log and to the CSV column `sparse_left`.
-        """
-        model, ledger = self.model, self.ledger
-        self.model, self.ledger = deepcopy(model), None  # a trial cut: the step's own comes after the sparse epochs
-        try:
-            done = self.cut(step)
-            target = {name: m.out_channels for name, m in self.model.named_modules() if isinstance(m, nn.Conv2d)}
-        finally:
-            self.model, self.ledger = model, ledger
-        pruner = self.scored_pruner()
-        cuts = pruner.choose([target[name] for name in pruner.names])
-        masks = channel_masks(model, pruner.touched(cuts))
-        penalty = GroupSparsity(masks_as_saved(model, masks), self.args.sparse_reg, self.args.nbs)
-        before = masked_norm(model, masks)
-        self.finetune(model, self.save_dir / f"step{step}" / "sparse", self.args.sparse_epochs, setup=penalty.attach)
-        left = self.sparse_left = masked_norm(model, masks) / max(before, 1e-12)
-        # with SGD momentum the penalised channels swing through zero, so what is left is not monotone in the strength
-        # (measured 0.77 / 0.16 / 0.13 / 0.03 left at sparse_reg 0.01 / 0.05 / 0.2 / 0.3 after 3 epochs, 6 steps each)
-        hint = ("; the penalty barely moved them: a larger sparse_reg (0.05-0.3 on a few hundred images) shrinks them"
-                if left > WEAK_LEFT else "")  # fmt: skip
-        LOGGER.info(f"{self.prefix}step {step}: {left:.1%} of the removed channels' norm left after "
-                    f"sparse_epochs={self.args.sparse_epochs} at sparse_reg={self.args.sparse_reg:g}"
-                    f"{hint}")  # fmt: skip
-        pruner.remove(cuts)
-        return self.after_cut(pruner, [len(s) - len(c) for s, c in zip(pruner.scores, cuts)], done["ratio"])
+        """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero (see
+        `group_sparsity.sparse_cut`)."""
+        return sparse_cut(self, step)
 
     def make_pruner(self, model: nn.Module) -> GroupPruner:
         """The group pruner of `model` with this run's criterion and held layers."""

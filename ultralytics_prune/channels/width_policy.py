@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ultralytics_prune.widths import global_widths, kept_width
+from ultralytics_prune.channels.widths import global_widths, kept_width
 
 MAX_RATIO = 0.95  # no run ratio (or layer share) past this: every layer keeps something
 # With latency_aware, every layer keeps at least this share of the width a uniform cut would leave it: per millisecond,
