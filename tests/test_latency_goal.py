@@ -13,7 +13,7 @@ from ultralytics_prune.checkpoint import save_checkpoint
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.measure.latency_target import LatencyProbe
 from ultralytics_prune.measure.report import count_macs_params, read_csv
-from ultralytics_prune.recipes import depgraph as pruner_module
+from ultralytics_prune.recipes import latency_goal as latency_goal_module
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, device="cpu", max_map_drop=1.0, finetune_epochs=0, onnx=False)
@@ -45,7 +45,7 @@ def test_steps_are_spaced_in_latency_and_stop_at_the_goal(untrained, synthetic_d
         def measure(self, model):
             return count_macs_params(model, self.imgsz)[0] / 1e6, self.reference
 
-    monkeypatch.setattr(pruner_module, "LatencyProbe", MacsProbe)
+    monkeypatch.setattr(latency_goal_module, "LatencyProbe", MacsProbe)
     rows = prune(untrained, synthetic_data, tmp_path, speedup=2, speedup_by="latency", iterative_steps=2,
                  latency_backend="torch")  # fmt: skip
     base = rows[0]["torch_ms"]

@@ -19,7 +19,7 @@ from ultralytics_prune.channels.group_pruner import GroupPruner, build_importanc
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.measure.latency_table import LatencyTable, cache_file, channel_costs, monotone, read_cached, write_cached
 from ultralytics_prune.measure.report import read_csv
-from ultralytics_prune.recipes import depgraph as pruner_module
+from ultralytics_prune.recipes import latency_goal as latency_goal_module
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, device="cpu", max_map_drop=1.0, finetune_epochs=0, onnx=False)
@@ -118,7 +118,7 @@ def test_latency_aware_cuts_the_slow_layers(untrained, synthetic_data, tmp_path,
         convs = {n: m for n, m in models[0].named_modules() if n in conv_names(models[0])}
         return LatencyTable({n: [(m.weight.numel(), 100.0 if n == slow else 1.0)] for n, m in convs.items()}, 500.0)
 
-    monkeypatch.setattr(pruner_module.LatencyTable, "measure", staticmethod(fake_measure))
+    monkeypatch.setattr(latency_goal_module.LatencyTable, "measure", staticmethod(fake_measure))
     overrides = {**recipe_overrides({**FAST, "rate": 0.4, "latency_aware": True, "iterative_steps": 1,
                                      "latency_backend": "torch", "plots": True, "round_to": 8}),
                  "model": str(untrained), "data": str(synthetic_data), "project": str(tmp_path),

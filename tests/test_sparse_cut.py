@@ -151,12 +151,18 @@ def test_hessian_end_to_end(synthetic_data, parent, tmp_path):
 # reconstruct
 
 
-def test_ledger_knows_the_original_channels_of_every_cut_layer():
-    """What the ledger says each convolution keeps is exactly the slice of the model before the cut that remains."""
-    model = yolov8n()
+def cut_in_half(model: DetectionModel) -> tuple[DetectionModel, ChannelLedger]:
+    """Cut every group of `model` to half its width with a ledger; a copy of the model before, and the ledger."""
     reference, ledger = deepcopy(model), ChannelLedger()
     pruner = GroupPruner(model, build_importance("l2"), held_layers(model), 64, ledger=ledger)
     pruner.remove(pruner.choose([w // 2 for w in pruner.widths()]))
+    return reference, ledger
+
+
+def test_ledger_knows_the_original_channels_of_every_cut_layer():
+    """What the ledger says each convolution keeps is exactly the slice of the model before the cut that remains."""
+    model = yolov8n()
+    reference, ledger = cut_in_half(model)
     before = dict(reference.named_modules())
     names = {m: n for n, m in model.named_modules()}
     fed_less = 0
@@ -193,9 +199,7 @@ def test_reconstruction_recovers_a_removed_copy():
 
 def test_reconstruction_lowers_the_output_error_of_every_consumer():
     model = yolov8n()
-    reference, ledger = deepcopy(model), ChannelLedger()
-    pruner = GroupPruner(model, build_importance("l2"), held_layers(model), 64, ledger=ledger)
-    pruner.remove(pruner.choose([w // 2 for w in pruner.widths()]))
+    reference, ledger = cut_in_half(model)
     kept = deepcopy(reference.state_dict())
     torch.manual_seed(1)
     errors = reconstruct_consumers(reference, model, ledger, [torch.rand(8, 3, 64, 64) for _ in range(4)])

@@ -9,15 +9,18 @@ model and Y its output in the model before the cut (the channels it keeps, befor
 
     W = argmin ||Y - X W||^2 + ridge * mean(diag(X^T X)) * ||W||^2,
 
-solved from the normal equations accumulated over the images (one forward pass of each model per batch; a bias,
-where the layer has one, is solved with it). Inputs come from the cut model as it is, so a consumer also corrects
-what the layers before it changed. `ChannelLedger` records, as the dependency graph removes them, which of the
+solved from the normal equations accumulated over the images (a bias, where the layer has one, is solved with it).
+The consumers are rebuilt one after the other in the order the model runs them, each from the inputs the cut model
+gives once the ones before it are rebuilt, so a consumer also corrects what is left of the changes before it; both
+models keep the BatchNorm statistics they were trained with, so a rebuilt layer gives the outputs its BatchNorm was
+estimated on (re-estimating the cut model's statistics first would count their change as the cut's; the loop
+re-estimates them after, `recalibrate`). `ChannelLedger` records, as the dependency graph removes them, which of the
 layer's original output and input channels each convolution keeps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 
 import torch
@@ -140,49 +143,87 @@ def consumers(reference: nn.Module, model: nn.Module, ledger: ChannelLedger) -> 
     return found
 
 
+class _Stop(Exception):
+    """Ends a forward pass once the layer being rebuilt has been reached (nothing after it is needed)."""
+
+
+def _run_to(model: nn.Module, layer: nn.Module, x: torch.Tensor, seen: Callable[[tuple, torch.Tensor], None]) -> None:
+    """Run `model` on `x` until `layer` has run; `seen(inputs, output)` of that layer, then stop."""
+
+    def hook(_m, inputs, output):
+        seen(inputs, output)
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+
+
+def execution_order(model: nn.Module, layers: Iterable[nn.Module], x: torch.Tensor) -> list[nn.Module]:
+    """`layers` in the order a forward pass of `model` on `x` runs them (those it does not run are left out)."""
+    wanted, order = set(layers), []
+    handles = [m.register_forward_hook(lambda m, _x, _y: order.append(m)) for m in wanted]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(order))
+
+
 @torch.no_grad()
 def reconstruct_consumers(
-    reference: nn.Module, model: nn.Module, ledger: ChannelLedger, images: Iterable[torch.Tensor], ridge: float = RIDGE
+    reference: nn.Module, model: nn.Module, ledger: ChannelLedger, images: Sequence[torch.Tensor], ridge: float = RIDGE
 ) -> list[tuple[str, float, float]]:
-    """Rebuild the consumers of a cut (see the module docstring) in place; both models are run in eval mode.
+    """Rebuild the consumers of a cut (see the module docstring) in place, one after the other in the order the model
+    runs them, each from inputs that the ones before it already give as rebuilt; both models run in eval mode.
+
+    Solving all at once from the cut model's inputs fails: each layer then also makes up for the errors of the layers
+    before it, which those layers' own rebuilding removes, and the corrections add up (on a converged YOLOv8n cut to
+    x1.42 fewer MACs, mAP50-95 0.05 where the plain cut kept 0.45). One pass per layer over the images, each forward
+    pass stopped at the layer.
 
     Args:
         reference (nn.Module): The model before the cut (same module names).
         model (nn.Module): The cut model, changed in place.
         ledger (ChannelLedger): What the cut removed, recorded on `model`'s layers.
-        images (Iterable[torch.Tensor]): Float image batches in [0, 1].
+        images (Sequence[torch.Tensor]): Float image batches in [0, 1] (read once per layer).
         ridge (float): Tikhonov term, a share of the mean diagonal of X^T X.
 
     Returns:
         (list[tuple[str, float, float]]): Each rebuilt layer's name and its output error (share of the output's energy)
-            with the weights the cut left and with the rebuilt ones.
+            with the weights the cut left and with the rebuilt ones, in the order they were rebuilt.
     """
     layers = consumers(reference, model, ledger)
-    if not layers:
+    if not layers or not images:
         return []
     before = dict(reference.named_modules())
+    by_layer = {eq.layer: name for name, eq in layers.items()}
     generator = torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
-    hooks = []
-    for name, eq in layers.items():
-        def keep_target(_m, _x, y, eq=eq):
-            eq.target = y[:, eq.keep_out.to(y.device)]
-
-        def accumulate(_m, x, _y, eq=eq):
-            eq.add(x[0], generator)
-
-        hooks += [before[name].register_forward_hook(keep_target), eq.layer.register_forward_hook(accumulate)]
     modes = reference.training, model.training
+    errors = []
     try:
         reference.eval(), model.eval()
-        for batch in images:
-            # one forward keeps every consumer's target at once: a few images at a time at large sizes
-            for x in batch.to(device).split(max(1, int(16 * (160 / batch.shape[-1]) ** 2))):
-                reference(x)
-                model(x)
+        for layer in execution_order(model, by_layer, images[0][:1].to(device)):
+            name = by_layer[layer]
+            eq = layers[name]
+            for batch in images:
+                x = batch.to(device)
+                _run_to(reference, before[name], x, lambda _i, y: setattr(eq, "target", y[:, eq.keep_out.to(y.device)]))
+                _run_to(model, layer, x, lambda i, _y: eq.add(i[0], generator))
+            errors.append((name, *eq.solve(ridge)))
     finally:
-        for hook in hooks:
-            hook.remove()
         reference.train(modes[0]), model.train(modes[1])
-    errors = [(name, *eq.solve(ridge)) for name, eq in layers.items()]
     return [(name, before, after) for name, before, after in errors if before == before]
+
+
+def rebuilt_summary(errors: list[tuple[str, float, float]], images: int) -> str:
+    """One log line on what `reconstruct_consumers` did: how many layers, on how many images, their median error."""
+    before, after = (float(torch.tensor([e[i] for e in errors]).median()) if errors else 0.0 for i in (1, 2))
+    return (f"{len(errors)} layers the cut fed less rebuilt on {images} training images, output error (median) "
+            f"{before:.1%} -> {after:.1%}")

@@ -27,7 +27,7 @@ from ultralytics_prune.channels.calibrate import (
 )
 from ultralytics_prune.channels.graph import held_layers, hold_modules
 from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.channels.reconstruct import ChannelLedger, reconstruct_consumers
+from ultralytics_prune.channels.reconstruct import ChannelLedger, rebuilt_summary, reconstruct_consumers
 from ultralytics_prune.channels.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.channels.width_policy import (
     MAX_RATIO,
@@ -77,14 +77,10 @@ class DepGraphPruner(LatencyGoals, PruneRun):
         `reconstruct`, the layers the cut fed less rebuilt after it to give the outputs of the model before the step."""
         self.ledger = ChannelLedger() if self.args.reconstruct else None
         done = self.sparse_cut(step) if self.args.sparse_epochs else self.cut(step)
-        if self.ledger is not None and self.ledger.reference is not None:
-            args, n = ultralytics_args(self.args), self.args.reconstruct
-            if self.args.recalibrate:  # the inputs as the cut model sees them once its statistics are re-estimated
-                recalibrate_batchnorm(self.model, training_images(args, self.args.recalibrate))
-            errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger, training_images(args, n))
-            before, after = (float(torch.tensor([e[i] for e in errors]).median()) if errors else 0.0 for i in (1, 2))
-            LOGGER.info(f"{self.prefix}step {step}: {len(errors)} layers the cut fed less rebuilt on {n} training "
-                        f"images, output error (median) {before:.1%} -> {after:.1%}")  # fmt: skip
+        if self.ledger is not None and self.ledger.reference is not None:  # BatchNorm re-estimated after, not before
+            images = list(training_images(ultralytics_args(self.args), self.args.reconstruct))
+            errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger, images)
+            LOGGER.info(f"{self.prefix}step {step}: {rebuilt_summary(errors, self.args.reconstruct)}")
         self.ledger = None
         return done
 
