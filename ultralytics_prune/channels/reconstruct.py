@@ -89,10 +89,10 @@ class _NormalEquations:
         if len(rows) > ROWS_PER_BATCH:
             pick = torch.randperm(len(rows), generator=generator)[:ROWS_PER_BATCH].to(rows.device)
             rows, y = rows[pick], y[pick]
-        rows, y = rows.double(), y.double()
-        self.xtx += rows.T @ rows
-        self.xty += rows.T @ y
-        self.yty += float((y * y).sum())
+        rows, y = rows.float(), y.float()  # products of one batch in float32, sums over batches in float64
+        self.xtx += (rows.T @ rows).double()
+        self.xty += (rows.T @ y).double()
+        self.yty += float((y.double() ** 2).sum())
         self.target = None
 
     def error(self, w: torch.Tensor) -> float:
