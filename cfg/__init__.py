@@ -46,7 +46,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "sparse_epochs": ((int,), lambda v: v >= -1, "an integer >= 0, or -1 for a tenth of the fine-tune epochs"),
     "sparse_reg": (_NUMBER, lambda v: v > 0, "a number > 0, e.g. 'sparse_reg=0.01'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
-    "reconstruct": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'reconstruct=256'"),
+    "reconstruct": ((int,), lambda v: v >= -1, "a number of images >= 0, e.g. 'reconstruct=256', or -1"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
     "finetune_epochs": ((int,), lambda v: v >= 0, "an integer >= 0, e.g. 'finetune_epochs=10'"),
     "onnx": ((bool,), lambda v: True, "True or False"),
@@ -157,7 +157,9 @@ def resolve_auto(args: dict, given: set[str]) -> None:
     `sensitivity` (on by default) decides the widths of a structured `yolo prune` only: where the user asked for
     another width policy (`global_pruning`, `latency_aware`), for unstructured pruning or in another mode it is off
     unless the user set it (then the checks below say what clashes). `sparse_epochs=-1` is `SPARSE_SHARE` of the
-    fine-tune epochs of each step in a structured `yolo prune`, and 0 elsewhere.
+    fine-tune epochs of each step in a structured `yolo prune`, and 0 elsewhere. `reconstruct=-1` rebuilds after the
+    cuts that no sparse epochs prepared (fine-tunes under 5 epochs, or `sparse_epochs=0`), on as many images as the
+    run's budget gives (`reconstruct.rebuild_images`, resolved by the run), and is 0 elsewhere.
     """
     structured_prune = args.get("mode") == "prune" and args.get("method") == "structured"
     other_widths = args.get("global_pruning") or args.get("latency_aware")
@@ -165,6 +167,8 @@ def resolve_auto(args: dict, given: set[str]) -> None:
         args["sensitivity"] = False
     if args.get("sparse_epochs") == -1:
         args["sparse_epochs"] = int(args.get("finetune_epochs", 0) * SPARSE_SHARE + 0.5) if structured_prune else 0
+    if args.get("reconstruct") == -1 and (args.get("sparse_epochs") or not structured_prune):
+        args["reconstruct"] = 0  # sparse epochs leave the rebuilding nothing to repair (README Results)
 
 
 def check_one_device(args: dict) -> None:

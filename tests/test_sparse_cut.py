@@ -23,7 +23,13 @@ from ultralytics_prune.cfg import IMPORTANCES, PRUNE_DEFAULTS, SPARSE_SHARE, get
 from ultralytics_prune.channels.calibrate import squared_gradients
 from ultralytics_prune.channels.graph import held_layers
 from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.channels.reconstruct import ChannelLedger, reconstruct_consumers
+from ultralytics_prune.channels.reconstruct import (
+    MIN_REBUILD_IMAGES,
+    REBUILD_IMAGES,
+    ChannelLedger,
+    rebuild_images,
+    reconstruct_consumers,
+)
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
@@ -225,7 +231,29 @@ def test_reconstruct_end_to_end(synthetic_data, parent, tmp_path, logged):
 def test_keys_and_their_mistakes():
     assert "hessian" in IMPORTANCES
     assert PRUNE_DEFAULTS["sparse_epochs"] == -1 and PRUNE_DEFAULTS["sparse_reg"] > 0
-    assert PRUNE_DEFAULTS["reconstruct"] >= 0
+    assert PRUNE_DEFAULTS["reconstruct"] == -1
+
+
+@pytest.mark.parametrize(("keys", "reconstruct"), [
+    ({"mode": "prune", "epochs": 40}, 0),
+    ({"mode": "prune", "epochs": 2}, -1),
+    ({"mode": "prune", "epochs": 0}, -1),
+    ({"mode": "prune", "epochs": 40, "sparse_epochs": 0}, -1),
+    ({"mode": "prune", "epochs": 40, "reconstruct": 64}, 64),
+    ({"mode": "prune", "epochs": 2, "method": "unstructured"}, 0),
+    ({"mode": "slim", "epochs": 2}, 0),
+])  # fmt: skip
+def test_reconstruct_repairs_the_cuts_no_sparse_epochs_prepared(keys, reconstruct):
+    """`reconstruct=-1` stays on (the run picks the images) where a structured prune runs no sparse epochs, and is off
+    where it does or elsewhere; a number the user gives is kept."""
+    assert get_prune_cfg(overrides=recipe_overrides(keys)).reconstruct == reconstruct
+
+
+def test_rebuild_images_within_the_budget():
+    assert rebuild_images(0.163e9, 49, "cpu") == REBUILD_IMAGES  # YOLOv8n at 128 px
+    assert MIN_REBUILD_IMAGES < rebuild_images(4.1e9, 49, "cpu") < REBUILD_IMAGES  # at 640 px
+    assert rebuild_images(258e9, 100, "cpu") == MIN_REBUILD_IMAGES  # yolov8x at 640 px
+    assert rebuild_images(4.1e9, 49, "cuda") == REBUILD_IMAGES
     for bad in ({"sparse_epochs": -2}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
                 {"sparse_epochs": 2, "method": "unstructured"}, {"sparse_epochs": 2, "device": "0,1"},
                 {"distill_loss": "response", "distill": True, "sparse_epochs": 0, "device": [0, 1]}):  # fmt: skip

@@ -27,8 +27,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+REBUILD_IMAGES = 256  # `reconstruct=-1`: at most this many training images ...
+MIN_REBUILD_IMAGES = 16  # ... and never fewer, whatever the budget
+# `reconstruct=-1`: forward MACs a step's reconstruction may cost per device type (the sensitivity scan's budget): about
+# one forward pass per image and rebuilt layer (two models, each stopped at the layer, on average halfway)
+REBUILD_MACS = {"cpu": 8e12, "cuda": 2e15}
 RIDGE = 1e-3  # Tikhonov term, a share of the mean diagonal of X^T X: keeps the solve stable where inputs are collinear
 ROWS_PER_BATCH = 8192  # output positions sampled per layer and batch: bounds the cost of X^T X at large image sizes
+
+
+def rebuild_images(macs_per_image: float, layers: int, device_type: str) -> int:
+    """How many training images `reconstruct=-1` rebuilds on: `REBUILD_IMAGES` where the budget of forward MACs of the
+    device allows (YOLOv8n at 128 px on a CPU), fewer for large models and images (YOLOv8n at 640 px: about 40), never
+    under `MIN_REBUILD_IMAGES`."""
+    fits = int(REBUILD_MACS.get(device_type, REBUILD_MACS["cpu"]) // max(layers * macs_per_image, 1.0))
+    return max(MIN_REBUILD_IMAGES, min(REBUILD_IMAGES, fits))
 
 
 class ChannelLedger:

@@ -27,7 +27,12 @@ from ultralytics_prune.channels.calibrate import (
 )
 from ultralytics_prune.channels.graph import held_layers, hold_modules
 from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
-from ultralytics_prune.channels.reconstruct import ChannelLedger, rebuilt_summary, reconstruct_consumers
+from ultralytics_prune.channels.reconstruct import (
+    ChannelLedger,
+    rebuild_images,
+    rebuilt_summary,
+    reconstruct_consumers,
+)
 from ultralytics_prune.channels.sensitivity import scan_images, scan_sensitivity, sensitivity_ratios
 from ultralytics_prune.channels.width_policy import (
     MAX_RATIO,
@@ -78,9 +83,11 @@ class DepGraphPruner(LatencyGoals, PruneRun):
         self.ledger = ChannelLedger() if self.args.reconstruct else None
         done = self.sparse_cut(step) if self.args.sparse_epochs else self.cut(step)
         if self.ledger is not None and self.ledger.reference is not None:  # BatchNorm re-estimated after, not before
-            images = list(training_images(ultralytics_args(self.args), self.args.reconstruct))
-            errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger, images)
-            LOGGER.info(f"{self.prefix}step {step}: {rebuilt_summary(errors, self.args.reconstruct)}")
+            n = self.args.reconstruct if self.args.reconstruct >= 0 else rebuild_images(
+                self.rows[0]["macs_G"] * 1e9, len(self.original_widths), next(self.model.parameters()).device.type)
+            errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger,
+                                           list(training_images(ultralytics_args(self.args), n)))  # fmt: skip
+            LOGGER.info(f"{self.prefix}step {step}: {rebuilt_summary(errors, n)}")
         self.ledger = None
         return done
 
@@ -121,7 +128,7 @@ class DepGraphPruner(LatencyGoals, PruneRun):
         Returns the row entries: `ratio` asked and `removed`, the share of prunable channels really removed.
         """
         pruner = self.scored_pruner()
-        return self.after_cut(pruner, pruner.prune(self.widths_at(pruner, ratio)), ratio)
+        return self.after_cut(pruner, pruner.prune(self.width_policy(pruner)(ratio)), ratio)
 
     def scored_pruner(self) -> GroupPruner:
         """The group pruner of `self.model`, scored; the gradients a criterion reads (taylor, hessian) filled first."""
@@ -130,10 +137,6 @@ class DepGraphPruner(LatencyGoals, PruneRun):
         elif self.args.importance == "hessian":
             squared_gradients(self.model, ultralytics_args(self.args))
         return self.make_pruner(self.model)
-
-    def widths_at(self, pruner: GroupPruner, ratio: float) -> list[int]:
-        """The width each group of `pruner` keeps when the run as a whole is at `ratio` (see `prune_to`)."""
-        return self.width_policy(pruner)(ratio)
 
     def width_policy(self, pruner: GroupPruner) -> WidthPolicy:
         """The run's width policy for the groups of `pruner` (see `width_policy`): one ranking of importance per
