@@ -471,11 +471,7 @@ def test_no_import_cycle_and_no_long_module():
     for name, file in modules.items():
         tree = ast.parse(file.read_text())
         found = set()
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)  # `if TYPE_CHECKING:` imports
-                       and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}  # fmt: skip
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
+        for node in ast.walk(tree):  # every import counts, typing-only ones too
             if isinstance(node, ast.ImportFrom) and node.module:  # `from a.b import c`: a.b, or a.b.c if a module
                 found.update(m for m in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if m in modules)
             elif isinstance(node, ast.Import):

@@ -22,7 +22,7 @@ from ultralytics_prune import UserError
 from ultralytics_prune.cfg import IMPORTANCES, PRUNE_DEFAULTS, SPARSE_SHARE, get_prune_cfg, recipe_overrides, ultralytics_args
 from ultralytics_prune.channels.calibrate import squared_gradients
 from ultralytics_prune.channels.graph import held_layers
-from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
+from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance, channel_masks
 from ultralytics_prune.channels.reconstruct import (
     MIN_REBUILD_IMAGES,
     REBUILD_IMAGES,
@@ -33,7 +33,7 @@ from ultralytics_prune.channels.reconstruct import (
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
-from ultralytics_prune.recipes.group_sparsity import GroupSparsity, channel_masks, masked_norm, masks_as_saved
+from ultralytics_prune.recipes.group_sparsity import GroupSparsity, masked_norm, masks_as_saved
 
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", onnx=False, max_map_drop=1.0)
 

@@ -17,6 +17,20 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils import IterableSimpleNamespace
 
 
+# forward MACs a pass of calibration over training images (the sensitivity scan, the reconstruction) may cost, by device
+# type: on one CPU thread (about 23 GMACs/s in the scan of YOLOv8n at 128 px, 1.2 TMACs in 52 s) the CPU budget is some
+# 6 minutes; a GPU runs the 64 images of yolov8x at 640 px (1.3 PMACs) inside its own
+FORWARD_MACS = {"cpu": 8e12, "cuda": 2e15}
+
+
+def images_within_budget(macs_per_image: float, device_type: str, most: int, fewest: int) -> int:
+    """How many images a calibration pass costing `macs_per_image` forward MACs per image may use on `device_type`:
+    as many as `FORWARD_MACS` allows, between `fewest` and `most`. Deterministic for a model, image size and device
+    type, so what a run computes does not depend on how fast the machine is."""
+    fits = int(FORWARD_MACS.get(device_type, FORWARD_MACS["cpu"]) // max(macs_per_image, 1.0))
+    return max(fewest, min(most, fits))
+
+
 def training_batches(args, images: int) -> Iterator[dict]:
     """Batches of the dataset's train split, without augmentation (letterboxed as for validation), `images` in all.
 

@@ -1,4 +1,5 @@
-"""How channels are removed: score every prunable group of coupled channels, cut each down to a width.
+"""How channels are removed: score every prunable group of coupled channels, cut each down to a width; the masks of
+the parameter slices a cut would remove (`channel_masks`).
 
 What is important is a torch-pruning importance criterion (`build_importance`); how many channels each group keeps is
 the caller's (see `widths`); `GroupPruner` removes the lowest-scored ones on the model's dependency graph.
@@ -6,7 +7,7 @@ the caller's (see `widths`); `GroupPruner` removes the lowest-scored ones on the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -111,3 +112,29 @@ class GroupPruner:
                 cut = self.graph.get_pruning_group(group[0].dep.target.module, tp.prune_conv_out_channels, idxs)
                 for item in cut.items:
                     yield item.dep.target.module, is_out_channels(self.graph, item), list(item.idxs)
+
+
+def channel_masks(model: nn.Module, touched: Iterable[tuple[nn.Module, bool, list[int]]]) -> dict[str, torch.Tensor]:
+    """Masks (1 where a cut removes, else 0) of the parameters of `model` that `GroupPruner.touched` lists.
+
+    Output channels are rows of a convolution's weight and bias and entries of a BatchNorm's weight and bias; input
+    channels are columns of a (non-grouped) convolution's weight. A depthwise convolution's input channels are its
+    output channels, which the group also lists; other layers (element-wise ops, concat) hold no parameters.
+    """
+    params = dict(model.named_parameters())
+    names = {m: n for n, m in model.named_modules()}
+    masks: dict[str, torch.Tensor] = {}
+    for layer, produces, idxs in touched:
+        if isinstance(layer, nn.BatchNorm2d) or isinstance(layer, nn.Conv2d) and produces:
+            targets = [("weight", 0), ("bias", 0)]
+        elif isinstance(layer, nn.Conv2d) and layer.groups == 1:
+            targets = [("weight", 1)]
+        else:
+            continue
+        for attr, dim in targets:
+            if getattr(layer, attr, None) is None:
+                continue
+            name = f"{names[layer]}.{attr}"
+            mask = masks.setdefault(name, torch.zeros_like(params[name], dtype=torch.float32))
+            mask.index_fill_(dim, torch.tensor(idxs, device=mask.device), 1.0)
+    return masks

@@ -26,12 +26,12 @@ from copy import deepcopy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ultralytics.utils import TQDM
+
+from ultralytics_prune.channels.calibrate import images_within_budget
 
 REBUILD_IMAGES = 256  # `reconstruct=-1`: at most this many training images ...
 MIN_REBUILD_IMAGES = 16  # ... and never fewer, whatever the budget
-# `reconstruct=-1`: forward MACs a step's reconstruction may cost per device type (the sensitivity scan's budget): about
-# one forward pass per image and rebuilt layer (two models, each stopped at the layer, on average halfway)
-REBUILD_MACS = {"cpu": 8e12, "cuda": 2e15}
 RIDGE = 1e-3  # Tikhonov term, a share of the mean diagonal of X^T X: keeps the solve stable where inputs are collinear
 ROWS_PER_BATCH = 8192  # output positions sampled per layer and batch: bounds the cost of X^T X at large image sizes
 
@@ -39,9 +39,9 @@ ROWS_PER_BATCH = 8192  # output positions sampled per layer and batch: bounds th
 def rebuild_images(macs_per_image: float, layers: int, device_type: str) -> int:
     """How many training images `reconstruct=-1` rebuilds on: `REBUILD_IMAGES` where the budget of forward MACs of the
     device allows (YOLOv8n at 128 px on a CPU), fewer for large models and images (YOLOv8n at 640 px: about 40), never
-    under `MIN_REBUILD_IMAGES`."""
-    fits = int(REBUILD_MACS.get(device_type, REBUILD_MACS["cpu"]) // max(layers * macs_per_image, 1.0))
-    return max(MIN_REBUILD_IMAGES, min(REBUILD_IMAGES, fits))
+    under `MIN_REBUILD_IMAGES`, within the budget of forward MACs of `calibrate.FORWARD_MACS`."""
+    # about one forward pass per image and rebuilt layer: two models, each stopped at the layer, on average halfway
+    return images_within_budget(layers * macs_per_image, device_type, REBUILD_IMAGES, MIN_REBUILD_IMAGES)
 
 
 class ChannelLedger:
@@ -190,7 +190,12 @@ def execution_order(model: nn.Module, layers: Iterable[nn.Module], x: torch.Tens
 
 @torch.no_grad()
 def reconstruct_consumers(
-    reference: nn.Module, model: nn.Module, ledger: ChannelLedger, images: Sequence[torch.Tensor], ridge: float = RIDGE
+    reference: nn.Module,
+    model: nn.Module,
+    ledger: ChannelLedger,
+    images: Sequence[torch.Tensor],
+    ridge: float = RIDGE,
+    desc: str = "reconstruct",
 ) -> list[tuple[str, float, float]]:
     """Rebuild the consumers of a cut (see the module docstring) in place, one after the other in the order the model
     runs them, each from inputs that the ones before it already give as rebuilt; both models run in eval mode.
@@ -206,6 +211,7 @@ def reconstruct_consumers(
         ledger (ChannelLedger): What the cut removed, recorded on `model`'s layers.
         images (Sequence[torch.Tensor]): Float image batches in [0, 1] (read once per layer).
         ridge (float): Tikhonov term, a share of the mean diagonal of X^T X.
+        desc (str): The progress bar's label (one step per rebuilt layer).
 
     Returns:
         (list[tuple[str, float, float]]): Each rebuilt layer's name and its output error (share of the output's energy)
@@ -222,7 +228,8 @@ def reconstruct_consumers(
     errors = []
     try:
         reference.eval(), model.eval()
-        for layer in execution_order(model, by_layer, images[0][:1].to(device)):
+        order = execution_order(model, by_layer, images[0][:1].to(device))
+        for layer in TQDM(order, desc=desc, total=len(order)):
             name = by_layer[layer]
             eq = layers[name]
             for batch in images:

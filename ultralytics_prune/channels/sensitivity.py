@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 from ultralytics.utils import TQDM, colorstr
 
-from ultralytics_prune.channels.group_pruner import GroupPruner
+from ultralytics_prune.channels.calibrate import FORWARD_MACS, images_within_budget
+from ultralytics_prune.channels.group_pruner import GroupPruner, channel_masks
 from ultralytics_prune.channels.widths import allocate_ratios, kept_width
 from ultralytics_prune.measure.plots import plot_sensitivity
 from ultralytics_prune.measure.report import read_csv, write_csv
-from ultralytics_prune.recipes.group_sparsity import channel_masks
 
 # loss rises below this share of the unpruned model's loss count alike: the scan's 64 images measure small drops with
 # about that much noise. Two disjoint sets of 64 images (converged YOLOv8n, hard and large-object sets) gave per-layer
@@ -34,10 +34,7 @@ from ultralytics_prune.recipes.group_sparsity import channel_masks
 NOISE_FLOOR = 0.005
 SENSITIVITY_IMAGES = 64  # training images the scan measures each layer's cut on, at most
 MIN_SCAN_IMAGES = 8  # and at least, whatever the budget
-# the scan's budget of forward MACs (2 passes x layers x images), by device type: on one CPU thread (about 23 GMACs/s
-# in the scan of YOLOv8n at 128 px, 1.2 TMACs in 52 s) the CPU budget is some 6 minutes; a GPU runs the 64 images of
-# yolov8x at 640 px (1.3 PMACs) inside its own
-SCAN_MACS = {"cpu": 8e12, "cuda": 2e15}
+SCAN_MACS = FORWARD_MACS  # the scan's budget of forward MACs (2 passes x layers x images), by device type
 
 
 def scan_images(macs_per_image: float, layers: int, device_type: str) -> int:
@@ -45,9 +42,7 @@ def scan_images(macs_per_image: float, layers: int, device_type: str) -> int:
     allows it (every model up to YOLOv8n at 320 px on a CPU), fewer for large models and images, never under
     `MIN_SCAN_IMAGES` (YOLOv8n at 640 px on a CPU: 16; yolov8s: 8). Deterministic for a model, image size and device
     type, so a run's widths do not depend on how fast the machine is."""
-    budget = SCAN_MACS.get(device_type, SCAN_MACS["cpu"])
-    fits = int(budget // max(2 * layers * macs_per_image, 1.0))
-    return max(MIN_SCAN_IMAGES, min(SENSITIVITY_IMAGES, fits))
+    return images_within_budget(2 * layers * macs_per_image, device_type, SENSITIVITY_IMAGES, MIN_SCAN_IMAGES)
 
 
 def scan_sensitivity(

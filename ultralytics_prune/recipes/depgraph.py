@@ -46,14 +46,14 @@ from ultralytics_prune.channels.widths import step_ratios
 from ultralytics_prune.measure.latency_table import channel_costs
 from ultralytics_prune.measure.macs_model import MacsModel, widths_for_macs
 from ultralytics_prune.measure.report import count_macs_params, example_input
-from ultralytics_prune.recipes.group_sparsity import sparse_cut
+from ultralytics_prune.recipes.group_sparsity import SparseCuts
 from ultralytics_prune.recipes.latency_goal import LatencyGoals
 from ultralytics_prune.recipes.loop import PruneRun
 
 RATIO_INCREMENT = 0.025  # where a goal is still missed after the computed cut, the run ratio rises by this each time
 
 
-class DepGraphPruner(LatencyGoals, PruneRun):
+class DepGraphPruner(LatencyGoals, SparseCuts, PruneRun):
     """`yolo prune`: torch-pruning's DepGraph structured pruning, iterative with fine-tuning.
 
     Each step removes channels so that the cumulative share removed follows a linear schedule up to `rate`, or, with
@@ -74,7 +74,6 @@ class DepGraphPruner(LatencyGoals, PruneRun):
         return self.args.iterative_steps
 
     # what a step's cut leaves for the row `measure` makes of it (read once, then reset)
-    sparse_left: float = float("nan")  # share of the removed channels' norm left after the sparse epochs
     ledger: ChannelLedger | None = None  # what the step's cuts removed, kept while `reconstruct` is on
 
     def remove(self, step: int) -> dict:
@@ -86,7 +85,8 @@ class DepGraphPruner(LatencyGoals, PruneRun):
             n = self.args.reconstruct if self.args.reconstruct >= 0 else rebuild_images(
                 self.rows[0]["macs_G"] * 1e9, len(self.original_widths), next(self.model.parameters()).device.type)
             errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger,
-                                           list(training_images(ultralytics_args(self.args), n)))  # fmt: skip
+                                           list(training_images(ultralytics_args(self.args), n)),
+                                           desc=f"{self.prefix}step {step}: rebuilding")  # fmt: skip
             LOGGER.info(f"{self.prefix}step {step}: {rebuilt_summary(errors, n)}")
         self.ledger = None
         return done
@@ -166,11 +166,6 @@ class DepGraphPruner(LatencyGoals, PruneRun):
         self.model.zero_grad(set_to_none=True)
         removed = 1 - sum(widths) / max(1, sum(originals))
         return {"ratio": ratio, "removed": removed}
-
-    def sparse_cut(self, step: int) -> dict:
-        """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero (see
-        `group_sparsity.sparse_cut`)."""
-        return sparse_cut(self, step)
 
     def make_pruner(self, model: nn.Module) -> GroupPruner:
         """The group pruner of `model` with this run's criterion and held layers."""

@@ -18,50 +18,20 @@ gradient clipping), attached to the fine-tune trainer of the pruning loop by cal
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from copy import deepcopy
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from ultralytics.utils import LOGGER, RANK, colorstr
 
+from ultralytics_prune.channels.group_pruner import channel_masks
 from ultralytics_prune.checkpoint import load_model, save_checkpoint, student_of
 from ultralytics_prune.errors import refuse_several_devices
 
-if TYPE_CHECKING:
-    from ultralytics_prune.recipes.depgraph import DepGraphPruner
-
 PREFIX = colorstr("sparse: ")
 WEAK_LEFT = 0.5  # above this share of the norm left at a cut, the log line suggests a stronger penalty
-
-
-def channel_masks(model: nn.Module, touched: Iterable[tuple[nn.Module, bool, list[int]]]) -> dict[str, torch.Tensor]:
-    """Masks (1 where a cut removes, else 0) of the parameters of `model` that `GroupPruner.touched` lists.
-
-    Output channels are rows of a convolution's weight and bias and entries of a BatchNorm's weight and bias; input
-    channels are columns of a (non-grouped) convolution's weight. A depthwise convolution's input channels are its
-    output channels, which the group also lists; other layers (element-wise ops, concat) hold no parameters.
-    """
-    params = dict(model.named_parameters())
-    names = {m: n for n, m in model.named_modules()}
-    masks: dict[str, torch.Tensor] = {}
-    for layer, produces, idxs in touched:
-        if isinstance(layer, nn.BatchNorm2d) or isinstance(layer, nn.Conv2d) and produces:
-            targets = [("weight", 0), ("bias", 0)]
-        elif isinstance(layer, nn.Conv2d) and layer.groups == 1:
-            targets = [("weight", 1)]
-        else:
-            continue
-        for attr, dim in targets:
-            if getattr(layer, attr, None) is None:
-                continue
-            name = f"{names[layer]}.{attr}"
-            mask = masks.setdefault(name, torch.zeros_like(params[name], dtype=torch.float32))
-            mask.index_fill_(dim, torch.tensor(idxs, device=mask.device), 1.0)
-    return masks
 
 
 def masked_norm(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
@@ -152,34 +122,41 @@ class GroupSparsity:
                         f"left, penalty {self.strength:.3g}")  # fmt: skip
 
 
-def sparse_cut(run: DepGraphPruner, step: int) -> dict:
-    """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero.
+class SparseCuts:
+    """`sparse_epochs` for `depgraph.DepGraphPruner`: each cut made after training its channels toward zero. Reads the
+    run's `args`, `model`, `ledger`, `save_dir`, `prefix` and calls its `cut`, `scored_pruner`, `finetune` and
+    `after_cut`."""
 
-    The cut is first made on a copy (any goal: rate, MACs, latency), which gives the width of every group; the
-    channels each group then loses are chosen on the model by the run's criterion, trained toward zero with the
-    growing L2 penalty of `group_sparsity` (through the same fine-tune as after a cut, in `step<n>/sparse`), and
-    removed. How much of their norm is left at the cut goes to the log and to the CSV column `sparse_left`.
-    """
-    model, ledger = run.model, run.ledger
-    run.model, run.ledger = deepcopy(model), None  # a trial cut: the step's own comes after the sparse epochs
-    try:
-        done = run.cut(step)
-        target = {name: m.out_channels for name, m in run.model.named_modules() if isinstance(m, nn.Conv2d)}
-    finally:
-        run.model, run.ledger = model, ledger
-    pruner = run.scored_pruner()
-    cuts = pruner.choose([target[name] for name in pruner.names])
-    masks = channel_masks(model, pruner.touched(cuts))
-    penalty = GroupSparsity(masks_as_saved(model, masks), run.args.sparse_reg, run.args.nbs)
-    before = masked_norm(model, masks)
-    run.finetune(model, run.save_dir / f"step{step}" / "sparse", run.args.sparse_epochs, setup=penalty.attach)
-    left = run.sparse_left = masked_norm(model, masks) / max(before, 1e-12)
-    # with SGD momentum the penalised channels swing through zero, so what is left is not monotone in the strength
-    # (measured 0.77 / 0.16 / 0.13 / 0.03 left at sparse_reg 0.01 / 0.05 / 0.2 / 0.3 after 3 epochs, 6 steps each)
-    hint = ("; the penalty barely moved them: a larger sparse_reg (0.05-0.3 on a few hundred images) shrinks them"
-            if left > WEAK_LEFT else "")  # fmt: skip
-    LOGGER.info(f"{run.prefix}step {step}: {left:.1%} of the removed channels' norm left after "
-                f"sparse_epochs={run.args.sparse_epochs} at sparse_reg={run.args.sparse_reg:g}"
-                f"{hint}")  # fmt: skip
-    pruner.remove(cuts)
-    return run.after_cut(pruner, [len(s) - len(c) for s, c in zip(pruner.scores, cuts)], done["ratio"])
+    sparse_left: float = float("nan")  # share of the removed channels' norm left after the sparse epochs (for the row)
+
+    def sparse_cut(self, step: int) -> dict:
+        """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero.
+
+        The cut is first made on a copy (any goal: rate, MACs, latency), which gives the width of every group; the
+        channels each group then loses are chosen on the model by the run's criterion, trained toward zero with the
+        growing L2 penalty of `group_sparsity` (through the same fine-tune as after a cut, in `step<n>/sparse`), and
+        removed. How much of their norm is left at the cut goes to the log and to the CSV column `sparse_left`.
+        """
+        model, ledger = self.model, self.ledger
+        self.model, self.ledger = deepcopy(model), None  # a trial cut: the step's own comes after the sparse epochs
+        try:
+            done = self.cut(step)
+            target = {name: m.out_channels for name, m in self.model.named_modules() if isinstance(m, nn.Conv2d)}
+        finally:
+            self.model, self.ledger = model, ledger
+        pruner = self.scored_pruner()
+        cuts = pruner.choose([target[name] for name in pruner.names])
+        masks = channel_masks(model, pruner.touched(cuts))
+        penalty = GroupSparsity(masks_as_saved(model, masks), self.args.sparse_reg, self.args.nbs)
+        before = masked_norm(model, masks)
+        self.finetune(model, self.save_dir / f"step{step}" / "sparse", self.args.sparse_epochs, setup=penalty.attach)
+        left = self.sparse_left = masked_norm(model, masks) / max(before, 1e-12)
+        # with SGD momentum the penalised channels swing through zero, so what is left is not monotone in the strength
+        # (measured 0.77 / 0.16 / 0.13 / 0.03 left at sparse_reg 0.01 / 0.05 / 0.2 / 0.3 after 3 epochs, 6 steps each)
+        hint = ("; the penalty barely moved them: a larger sparse_reg (0.05-0.3 on a few hundred images) shrinks them"
+                if left > WEAK_LEFT else "")  # fmt: skip
+        LOGGER.info(f"{self.prefix}step {step}: {left:.1%} of the removed channels' norm left after "
+                    f"sparse_epochs={self.args.sparse_epochs} at sparse_reg={self.args.sparse_reg:g}"
+                    f"{hint}")  # fmt: skip
+        pruner.remove(cuts)
+        return self.after_cut(pruner, [len(s) - len(c) for s, c in zip(pruner.scores, cuts)], done["ratio"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,14 +32,14 @@ from ultralytics_prune.measure.report import (
     write_atomic,
 )
 from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
-from ultralytics_prune.recipes.finetune import finetune, teacher_of
+from ultralytics_prune.recipes.finetune import StepFinetune
 from ultralytics_prune.recipes.finetune_state import RESUME_STATE, caller_random_state
 from ultralytics_prune.recipes.run_files import RunFiles
 from ultralytics_prune.run_folder import RunLock, find_resume_dir, new_run_dir, run_args
 from ultralytics_prune.tasks import TASKS, task_of
 
 
-class PruneRun(RunFiles):
+class PruneRun(StepFinetune, RunFiles):
     """One pruning run: load the checkpoint, measure, prune in steps with fine-tuning, report and export.
 
     Subclasses set `mode` and `result_name` and implement `remove` (what one step removes) and, when they take
@@ -228,13 +227,3 @@ class PruneRun(RunFiles):
     def map_columns(pre: dict[str, float], post: dict[str, float] | None = None) -> dict[str, float]:
         """The mAP columns of a row: after the cut ("pre") and after fine-tuning ("post", the same without it)."""
         return {**{f"{k}_pre": v for k, v in pre.items()}, **{f"{k}_post": v for k, v in (post or pre).items()}}
-
-    # fine-tuning ------------------------------------------------------------------------------------------------------
-    def finetune(self, model: nn.Module, step_dir: Path, epochs: int, setup: Callable | None = None) -> bool:
-        """Fine-tune `model` for `epochs` in `step_dir` and load the best weights back into it; False when it
-        diverged (see `finetune.finetune`)."""
-        return finetune(self, model, step_dir, epochs, setup)
-
-    def teacher(self) -> str | None:
-        """The distillation teacher's checkpoint (see `finetune.teacher_of`)."""
-        return teacher_of(self.args)
