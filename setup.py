@@ -21,8 +21,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["ultralytics_prune", "ultralytics_prune.recipes", "ultralytics_prune.channels", "ultralytics_prune.measure",
-              "ultralytics_prune.patches", "ultralytics_prune.cfg"],
+    packages=["ultralytics_prune", "ultralytics_prune.recipes", "ultralytics_prune.channels",
+              "ultralytics_prune.measure", "ultralytics_prune.patches", "ultralytics_prune.cfg"],
     package_dir={
         "ultralytics_prune": "ultralytics_prune",
         "ultralytics_prune.patches": "patches",

@@ -17,7 +17,14 @@ from ultralytics_prune.patches.dfl import replace_dfl
 from ultralytics_prune.channels.graph import held_layers
 from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
-from ultralytics_prune.measure.latency_table import LatencyTable, cache_file, channel_costs, monotone, read_cached, write_cached
+from ultralytics_prune.measure.latency_table import (
+    LatencyTable,
+    cache_file,
+    channel_costs,
+    monotone,
+    read_cached,
+    write_cached,
+)
 from ultralytics_prune.measure.report import read_csv
 from ultralytics_prune.recipes import latency_goal as latency_goal_module
 from ultralytics_prune.recipes.depgraph import DepGraphPruner

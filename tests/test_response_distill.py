@@ -17,7 +17,12 @@ from ultralytics.utils import IterableSimpleNamespace
 from ultralytics_prune.cfg import DEFAULT_PRUNE_CFG_DICT, ultralytics_args
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.recipes.group_sparsity import GroupSparsity
-from ultralytics_prune.recipes.response_distill import DistilledCriterion, ResponseDistillation, raw_head_outputs, response_loss
+from ultralytics_prune.recipes.response_distill import (
+    DistilledCriterion,
+    ResponseDistillation,
+    raw_head_outputs,
+    response_loss,
+)
 
 YAMLS = ("yolov8n.yaml", "yolo26n.yaml", "yolo11n-seg.yaml")
 

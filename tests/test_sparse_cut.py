@@ -19,7 +19,14 @@ import torch.nn as nn
 from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune import UserError
-from ultralytics_prune.cfg import IMPORTANCES, PRUNE_DEFAULTS, SPARSE_SHARE, get_prune_cfg, recipe_overrides, ultralytics_args
+from ultralytics_prune.cfg import (
+    IMPORTANCES,
+    PRUNE_DEFAULTS,
+    SPARSE_SHARE,
+    get_prune_cfg,
+    recipe_overrides,
+    ultralytics_args,
+)
 from ultralytics_prune.channels.calibrate import squared_gradients
 from ultralytics_prune.channels.graph import held_layers
 from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance, channel_masks

@@ -11,7 +11,12 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics_prune.checkpoint import load_model, pruned_info, save_checkpoint
 from ultralytics_prune.measure.report import count_macs_params, read_csv
 from ultralytics_prune.model import run_recipe
-from ultralytics_prune.recipes.weight_sparsity import conv_weights, hold_zero_weights, prune_smallest_weights, zero_share
+from ultralytics_prune.recipes.weight_sparsity import (
+    conv_weights,
+    hold_zero_weights,
+    prune_smallest_weights,
+    zero_share,
+)
 
 
 def test_global_magnitude_ranks_across_layers():

@@ -140,7 +140,9 @@ class _NormalEquations:
         return before, after
 
 
-def consumers(reference: nn.Module, model: nn.Module, ledger: ChannelLedger) -> dict[str, _NormalEquations]:
+def consumers(
+    reference: nn.Module, model: nn.Module, ledger: ChannelLedger
+) -> dict[str, tuple[nn.Conv2d, torch.Tensor]]:
     """The convolutions of `model` whose input lost channels, by name, with the original output channels they keep.
 
     Layers cut outside the ledger (attention heads, see `attention`) do not match its counts and are left alone."""
@@ -152,7 +154,7 @@ def consumers(reference: nn.Module, model: nn.Module, ledger: ChannelLedger) -> 
         if name is None or name not in before or len(keep_in) == before[name].in_channels:
             continue
         if (len(keep_out), len(keep_in)) == (layer.out_channels, layer.in_channels):
-            found[name] = _NormalEquations(layer, keep_out)
+            found[name] = layer, keep_out
     return found
 
 
@@ -221,7 +223,7 @@ def reconstruct_consumers(
     if not layers or not images:
         return []
     before = dict(reference.named_modules())
-    by_layer = {eq.layer: name for name, eq in layers.items()}
+    by_layer = {layer: name for name, (layer, _) in layers.items()}
     generator = torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
     modes = reference.training, model.training
@@ -231,7 +233,7 @@ def reconstruct_consumers(
         order = execution_order(model, by_layer, images[0][:1].to(device))
         for layer in TQDM(order, desc=desc, total=len(order)):
             name = by_layer[layer]
-            eq = layers[name]
+            eq = _NormalEquations(*layers[name])  # one layer's equations at a time: X^T X is d x d, d up to 5760
             for batch in images:
                 x = batch.to(device)
                 _run_to(reference, before[name], x, lambda _i, y: setattr(eq, "target", y[:, eq.keep_out.to(y.device)]))
