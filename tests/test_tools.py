@@ -538,3 +538,44 @@ def test_onnx_latencies_alternate_the_order_and_pool_every_call(monkeypatch):
     monkeypatch.setattr(latency, "time_alone", fake_time_alone)
     assert latency.onnx_latencies(["a", "b"], 64, rounds=2, repeats=3) == [1.0, 3.0]
     assert orders == [["a", "b"], ["b", "a"], ["a", "b"]]
+
+
+def latency_rows(times: dict[str, tuple[float, list[float]]], backend: str = "onnxruntime-cpu-2threads") -> list[dict]:
+    """bench_latency.py's rows for models given as name -> (GMACs, per-repeat median ms)."""
+    return [{"backend": backend, "model": name, "macs_G": macs, "repeat_medians_ms": " ".join(map(str, ms))}
+            for name, (macs, ms) in times.items()]  # fmt: skip
+
+
+def test_latency_floor_splits_the_fixed_part_from_the_widths(tmp_path, capsys):
+    """On exact lines (fixed 2 ms, 10 ms per GMAC; a second repeat 3 ms + 12 ms per GMAC) the fixed part and the cap
+    come back exactly, and a model 25 % slower than a uniform cut of its MACs reads 0.8 against the line."""
+    from tools.latency_floor import main as floor_main
+
+    line = {"0:parent": 1.0, "1:r25": 0.6, "2:r50": 0.3}
+    times = {name: (m, [2 + 10 * m, 3 + 12 * m]) for name, m in line.items()}
+    times["3:pruned"] = (0.5, [(2 + 10 * 0.5) * 1.25, (3 + 12 * 0.5) * 1.25])
+    source = tmp_path / "latency.json"
+    source.write_text(json.dumps({"args": {}, "rows": latency_rows(times)}))
+    assert floor_main([str(source), "--line", "0,1,2"]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp_path / "floor.json").read_text())["rows"]}
+    pruned = rows["3:pruned"]
+    assert pruned["fixed_ms"] == pytest.approx(2.5)  # the median of the two repeats' 2 and 3
+    caps = [12 / (2 + 10 / 2) / 2, 15 / (3 + 12 / 2) / 2]  # the parent's time over the line's at half the MACs
+    assert pruned["cap"] == pytest.approx(float(np.median(caps)))
+    assert pruned["vs_line"] == pytest.approx(0.8) and pruned["vs_line_low"] == pytest.approx(0.8)
+    assert pruned["realization"] == pytest.approx(float(np.median(caps)) * 0.8)
+    assert all(rows[name]["vs_line"] == pytest.approx(1.0) for name in line)
+    assert "| onnxruntime-cpu-2threads | 3:pruned |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line", ["", "0", "1,2", "0,9", "0,x"])
+def test_latency_floor_bad_line_is_one_line(line, tmp_path, capsys):
+    from tools.latency_floor import main as floor_main
+
+    source = tmp_path / "latency.json"
+    source.write_text(json.dumps({"rows": latency_rows({"0:a": (1.0, [3.0]), "1:b": (0.5, [2.0])})}))
+    assert floor_main([str(source), "--line", line]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--line needs the parent (0)" in err and not (tmp_path / "floor.json").exists()
+    assert floor_main([str(tmp_path / "missing.json"), "--line", "0,1"]) == 2
+    assert "not found" in capsys.readouterr().err
