@@ -6,8 +6,10 @@ PY ?= python
 install:
 	$(PY) -m pip install -q -e ".[test]"
 
+# two workers, one test file each at a time (a file's fixtures are built once); `make test WORKERS=0` runs in one process
+WORKERS ?= 2
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider -n $(WORKERS) --dist loadfile
 
 demo: install
 	$(PY) tools/demo.py

@@ -40,7 +40,7 @@ setup(
         "pyyaml>=5.3",
         "cloudpickle>=3.1.1",  # Ultralytics' DDP launcher needs it and would pip-install it at run time otherwise
     ],
-    extras_require={"test": ["pytest>=8.4,<10"]},  # the range the suite is run with (9.2 in a fresh venv)
+    extras_require={"test": ["pytest>=8.4,<10", "pytest-xdist>=3.6,<4"]},  # the suite runs with 9.2 and xdist 3.8
     entry_points={
         "console_scripts": [
             "yolo=ultralytics_prune.cli:entrypoint",

@@ -26,7 +26,7 @@ from ultralytics_prune.checkpoint import is_pruned, make_trainable, pruned_info
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.measure.plots import plot_gamma_heatmap
 from ultralytics_prune.recipes.finetune_state import epoch_shuffle, restore_training_state, save_training_state
-from ultralytics_prune.recipes.sparsity import gamma_histogram, gamma_stats
+from ultralytics_prune.measure.gamma import gamma_histogram, gamma_stats
 from ultralytics_prune.recipes.weight_sparsity import hold_zero_weights
 
 PREFIX = colorstr("prune: ")

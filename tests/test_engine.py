@@ -34,7 +34,10 @@ from ultralytics_prune.measure.report import count_macs_params, read_csv
 from ultralytics_prune.model import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", max_map_drop=1.0)
+# no sensitivity scan, no least-squares reconstruction: the loop's own tests; test_prune.py and test_tasks.py run
+# the defaults end to end, the tests about the scan ask for it
+FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", max_map_drop=1.0,
+            sensitivity=False, reconstruct=0)
 PRUNE_ONLY = dict(iterative_steps=1, finetune_epochs=0, onnx=False)
 UNIFORM = dict(sensitivity=False)  # every layer loses `rate` of its channels (the default scan would decide per layer)
 
@@ -413,7 +416,7 @@ def test_slim_resume(untrained, synthetic_data, tmp_path):
 def test_resume_true_finds_the_latest_unfinished_run(untrained, synthetic_data, tmp_path):
     for name in ("older", "newer", "done"):
         run("prune", untrained, synthetic_data, tmp_path, name, rate=0.4, iterative_steps=2, finetune_epochs=0,
-            onnx=False)  # fmt: skip
+            onnx=False, **UNIFORM)  # fmt: skip
     for name in ("older", "newer"):
         interrupt_after_baseline(tmp_path / name, "pruned.pt")
     (tmp_path / "newer" / "args.yaml").touch()  # the latest unfinished one; "done" is finished

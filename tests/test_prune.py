@@ -46,6 +46,7 @@ CSV_COLUMNS = [
 ]
 # Keys every run of this file shares: small, CPU, no worker processes, no plots.
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu")
+UNIFORM = dict(sensitivity=False)  # for tests not about widths: every layer loses `rate` (no sensitivity scan)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -405,7 +406,8 @@ def test_prune_other_architectures(cfg, synthetic_data, tmp_path):
     digest = sha256(ckpt)
 
     pruner, final = prune(
-        synthetic_data, tmp_path, "run", model=str(ckpt), rate=0.5, iterative_steps=2, finetune_epochs=0, onnx=True
+        synthetic_data, tmp_path, "run", model=str(ckpt), rate=0.5, iterative_steps=2, finetune_epochs=0, onnx=True,
+        **UNIFORM,
     )
     run = tmp_path / "run"
     rows = read_rows(run / "prune_results.csv")
@@ -432,7 +434,8 @@ def test_prune_other_architectures(cfg, synthetic_data, tmp_path):
 def test_epochs_zero_prunes_without_finetuning(key, trained, synthetic_data, runs_dir):
     name = f"prune_ep0_{key}"
     _, final = prune(
-        synthetic_data, runs_dir, name, model=str(trained["path"]), rate=0.5, iterative_steps=2, onnx=False, **{key: 0}
+        synthetic_data, runs_dir, name, model=str(trained["path"]), rate=0.5, iterative_steps=2, onnx=False, **{key: 0},
+        **UNIFORM,
     )
     run = runs_dir / name
     rows = read_rows(run / "prune_results.csv")
@@ -456,7 +459,7 @@ def test_speedup_target_through_cli(trained, synthetic_data, runs_dir):
     project = runs_dir / "prune_speedup"
     entrypoint(
         f"yolo prune model={trained['path']} data={synthetic_data} speedup=2 rate=0.1 iterative_steps=2 "
-        f"finetune_epochs=0 onnx=False max_map_drop=1.0 imgsz=64 batch=16 workers=0 plots=False project={project} "
+        f"finetune_epochs=0 onnx=False sensitivity=False max_map_drop=1.0 imgsz=64 batch=16 workers=0 plots=False project={project} "
         "name=s exist_ok=True"
     )
     rows = read_rows(project / "s" / "prune_results.csv")
@@ -534,7 +537,8 @@ def scripted_validate(monkeypatch, pruner: DepGraphPruner, results: list[tuple[f
 def test_max_map_drop_stops_after_first_step(trained, synthetic_data, tmp_path, monkeypatch):
     pruner = make_run(
         {"model": str(trained["path"]), "data": str(synthetic_data), "project": str(tmp_path), "name": "drop",
-         "rate": 0.5, "iterative_steps": 2, "finetune_epochs": 0, "onnx": False, "max_map_drop": 0.0, **FAST}
+         "rate": 0.5, "iterative_steps": 2, "finetune_epochs": 0, "onnx": False, "max_map_drop": 0.0, **FAST,
+         **UNIFORM}
     )
     calls = scripted_validate(monkeypatch, pruner, [(0.5, 0.3), (0.5, 0.1)])
     final = pruner()
@@ -555,7 +559,8 @@ def test_max_map_drop_stops_after_first_step(trained, synthetic_data, tmp_path, 
 def test_max_map_drop_keeps_last_good_step(trained, synthetic_data, tmp_path, monkeypatch):
     pruner = make_run(
         {"model": str(trained["path"]), "data": str(synthetic_data), "project": str(tmp_path), "name": "drop2",
-         "rate": 0.5, "iterative_steps": 2, "finetune_epochs": 0, "onnx": False, "max_map_drop": 0.05, **FAST}
+         "rate": 0.5, "iterative_steps": 2, "finetune_epochs": 0, "onnx": False, "max_map_drop": 0.05, **FAST,
+         **UNIFORM}
     )
     scripted_validate(monkeypatch, pruner, [(0.5, 0.3), (0.5, 0.28), (0.5, 0.1)])
     final = pruner()
@@ -629,7 +634,7 @@ def test_hold_names_no_layer(trained, synthetic_data, tmp_path, errors):
 
 
 def test_run_makes_no_stray_folders(trained, synthetic_data, tmp_path):
-    overrides = {**FAST, "exist_ok": False}  # the default
+    overrides = {**FAST, **UNIFORM, "exist_ok": False}  # the default
     make_run(
         {"model": str(trained["path"]), "data": str(synthetic_data), "project": str(tmp_path / "proj"), "name": "x",
          "rate": 0.5, "iterative_steps": 1, "finetune_epochs": 0, "onnx": False, **overrides}
@@ -650,7 +655,7 @@ def test_hold_names_no_layer_python(trained, synthetic_data, tmp_path):
 def test_hold_detect_layer(trained, synthetic_data, tmp_path):
     pruner, final = prune(
         synthetic_data, tmp_path, "hold", model=str(trained["path"]), hold=22, rate=0.5, iterative_steps=1,
-        finetune_epochs=0, onnx=False,
+        finetune_epochs=0, onnx=False, **UNIFORM,
     )
     original = load_model(trained["path"])
     pruned = load_model(final)

@@ -23,7 +23,7 @@ from ultralytics_prune.run_folder import LOCK_FILE, RunLock, find_resume_dir
 
 YOLO = [sys.executable, "-c", "from ultralytics_prune.cli import entrypoint; entrypoint()"]
 FAST = {"imgsz": 64, "batch": 8, "nbs": 8, "workers": 0, "plots": False, "exist_ok": True, "device": "cpu",
-        "recalibrate": 8, "rate": 0.4}  # fmt: skip
+        "recalibrate": 8, "rate": 0.4, "sensitivity": False, "reconstruct": 0}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

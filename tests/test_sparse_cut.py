@@ -42,7 +42,8 @@ from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 from ultralytics_prune.recipes.group_sparsity import GroupSparsity, masked_norm, masks_as_saved
 
-FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", onnx=False, max_map_drop=1.0)
+FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu", onnx=False, max_map_drop=1.0,
+            sensitivity=False)
 
 
 def yolov8n() -> DetectionModel:

@@ -16,7 +16,7 @@ from ultralytics_prune.patches.trainer import SparsityTrainer
 
 from ultralytics_prune import YOLOPrune
 from ultralytics_prune.channels.graph import prunable_batchnorms
-from ultralytics_prune.recipes.sparsity import HIST_EDGES, gamma_histogram, gamma_stats
+from ultralytics_prune.measure.gamma import HIST_EDGES, gamma_histogram, gamma_stats
 
 GAMMA_KEYS = ("gamma/lt1e-2", "gamma/lt1e-3", "gamma/median", "gamma/mean")
 SCALE = 1024.0  # a power of two: scaling a gradient by it and back is exact in float32

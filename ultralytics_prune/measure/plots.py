@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from ultralytics.utils import plt_settings
 
-from ultralytics_prune.recipes.sparsity import HIST_EDGES
+from ultralytics_prune.measure.gamma import HIST_EDGES
 
 HIST_CENTERS = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
 
@@ -61,7 +61,7 @@ def plot_gamma_heatmap(histograms: Sequence[np.ndarray], file: str | Path, title
     """Plot one |gamma| histogram per epoch as a heat-map (epochs on x, log10 |gamma| on y) and the end curves.
 
     Args:
-        histograms (Sequence[np.ndarray]): Counts per epoch from `sparsity.gamma_histogram`.
+        histograms (Sequence[np.ndarray]): Counts per epoch from `gamma.gamma_histogram`.
         file (str | Path): PNG path to write.
         title (str): Figure title.
     """
@@ -89,7 +89,7 @@ def plot_gamma_before_after(histograms: dict[str, np.ndarray], file: str | Path,
     """Plot |gamma| histograms (log10 axis) of the prunable BatchNorms, one curve per stage of a slim run.
 
     Args:
-        histograms (dict[str, np.ndarray]): Stage name -> counts from `sparsity.gamma_histogram`.
+        histograms (dict[str, np.ndarray]): Stage name -> counts from `gamma.gamma_histogram`.
         file (str | Path): PNG path to write.
         threshold (float): The |gamma| threshold used, drawn as a vertical line when > 0.
     """

@@ -5,6 +5,6 @@
 (what one step takes away): `depgraph.DepGraphPruner` (`yolo prune`, channels on the dependency graph),
 `slim.NetworkSlimmer` (`yolo slim`, BatchNorm gammas) and `unstructured.UnstructuredPruner` (weight sparsity). What
 a fine-tune adds lives beside them: sparse epochs before a cut (`group_sparsity`), response distillation
-(`response_distill`), the `sr` penalty of sparsity training (`sparsity`), held zeros (`weight_sparsity`) and the
-state a killed fine-tune resumes from (`finetune_state`).
+(`response_distill`), held zeros (`weight_sparsity`) and the state a killed fine-tune resumes from
+(`finetune_state`).
 """

@@ -1,4 +1,5 @@
-"""What Network Slimming watches: statistics and histograms of the BatchNorm scale factors (gamma)."""
+"""What Network Slimming watches: statistics and histograms of the BatchNorm scale factors (gamma), logged by sparsity
+training (`yolo train sr=...`) and plotted by `yolo slim`."""
 
 from __future__ import annotations
 
