@@ -112,7 +112,7 @@ def saved(synthetic_data, tmp_path_factory) -> dict:
         inputs[name] = save_checkpoint(cls(cfg, nc=3, verbose=False), root / f"{name}.pt")
     # uniform widths: the scan would only pick other widths, and what is saved is the same kind of file either way
     common = {**FAST, "data": str(synthetic_data), "project": str(root / "runs"), "epochs": 0, "onnx": False,
-              "sensitivity": False}
+              "sensitivity": False, "reconstruct": 0}
     runs = {
         # global widths give the two halves of a C2f different widths before they are tied
         "prune": ("prune", {"model": inputs["v8"], "rate": 0.5, "iterative_steps": 1, "epochs": 1,
