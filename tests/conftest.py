@@ -23,6 +23,16 @@ from tools.make_dataset import make_synthetic_dataset  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def no_timing_pauses(monkeypatch) -> None:
+    """No test reads a timing (timed assertions do not belong here), so the pauses that let a measurement settle only
+    cost the suite time: a run's report times every row in turns, about a second of pauses each."""
+    from ultralytics_prune.measure import latency
+
+    monkeypatch.setattr(latency, "TURN_PAUSE_S", 0.0)
+    monkeypatch.setattr(latency, "ALONE_PAUSE_S", 0.0)
+
+
+@pytest.fixture(autouse=True)
 def latency_table_cache(tmp_path, monkeypatch) -> Path:
     """Latency tables are cached in a folder of each test's own, never in the user's settings folder."""
     from ultralytics_prune.measure import latency_table as latency_table

@@ -25,15 +25,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+TURN_PAUSE_S = 0.1  # pause before each block of calls in `time_interleaved` (the previous runner's threads settle)
+ALONE_PAUSE_S = 1.0  # pause before each model's process in `time_alone`
+
 
 def time_interleaved(
-    runners: Sequence[Callable[[], object]], rounds: int = 50, warmup: int = 5, block: int = 5, settle: float = 0.1
+    runners: Sequence[Callable[[], object]], rounds: int = 50, warmup: int = 5, block: int = 5,
+    settle: float | None = None,
 ) -> list[list[float]]:
     """Milliseconds of `rounds` calls of each runner, after `warmup` untimed ones, taken in interleaved blocks.
 
     The runners take turns, `block` timed calls each, every turn opened by a pause of `settle` seconds (when there is
-    more than one runner) and one untimed call (see the module doc).
+    more than one runner; `TURN_PAUSE_S` when not given) and one untimed call (see the module doc).
     """
+    settle = TURN_PAUSE_S if settle is None else settle
     times: list[list[float]] = [[] for _ in runners]
     for run in runners:
         for _ in range(warmup):
@@ -106,12 +111,12 @@ def onnx_runner(file: str | Path, imgsz: int, threads: int = 0, device: str = "c
 
 def time_alone(
     files: Sequence[str | Path], imgsz: int, threads: int = 0, device: str = "cpu", rounds: int = 50, warmup: int = 5,
-    settle: float = 1.0,
+    settle: float | None = None,
 ) -> list[list[float]]:
     """Milliseconds of `rounds` calls of each ONNX model, each model in a process of its own (`onnx_timer.py`).
 
-    The models run one after the other, in the order given, with a pause of `settle` seconds before each, so none
-    shares threads, caches or allocator with another. On this project's 2-core machine that is how latency agreed
+    The models run one after the other, in the order given, with a pause of `settle` seconds (`ALONE_PAUSE_S` when not
+    given) before each, so none shares threads, caches or allocator with another. On this project's 2-core machine that is how latency agreed
     with onnxruntime's own profile: yolov8s pruned to x3.94 fewer MACs timed x3.84 alone, x2.3 in one process.
 
     Raises:
@@ -119,6 +124,7 @@ def time_alone(
     """
     provider, provider_options = ONNX_PROVIDERS[device]
     timer = Path(__file__).with_name("onnx_timer.py")
+    settle = ALONE_PAUSE_S if settle is None else settle
     times = []
     for file in files:
         time.sleep(settle)
