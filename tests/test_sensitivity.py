@@ -14,11 +14,11 @@ import torch.nn as nn
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
 from ultralytics_prune.channels.graph import held_layers
+from ultralytics_prune.channels.calibrate import FORWARD_MACS
 from ultralytics_prune.channels.group_pruner import GroupPruner, build_importance
 from ultralytics_prune.channels.sensitivity import (
     MIN_SCAN_IMAGES,
     NOISE_FLOOR,
-    SCAN_MACS,
     SENSITIVITY_IMAGES,
     scan_images,
     scan_sensitivity,
@@ -107,6 +107,6 @@ def test_the_scan_measures_fewer_images_as_the_model_grows_within_its_bounds():
     assert scan_images(small, layers, "cpu") == SENSITIVITY_IMAGES, "YOLOv8n at 320 px is scanned on every image"
     large = count_macs_params(DetectionModel("yolov8n.yaml", nc=3, verbose=False), 640)[0]
     assert MIN_SCAN_IMAGES < scan_images(large, layers, "cpu") < SENSITIVITY_IMAGES
-    assert 2 * layers * large * scan_images(large, layers, "cpu") <= SCAN_MACS["cpu"], "within the CPU's budget"
+    assert 2 * layers * large * scan_images(large, layers, "cpu") <= FORWARD_MACS["cpu"], "within the CPU's budget"
     assert scan_images(1e12, layers, "cpu") == MIN_SCAN_IMAGES, "never fewer than the floor"
     assert scan_images(large, layers, "cuda") == SENSITIVITY_IMAGES, "a GPU affords the whole scan"

@@ -579,3 +579,27 @@ def test_latency_floor_bad_line_is_one_line(line, tmp_path, capsys):
     assert err.count("\n") == 1 and "--line needs the parent (0)" in err and not (tmp_path / "floor.json").exists()
     assert floor_main([str(tmp_path / "missing.json"), "--line", "0,1"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["not json", '{"rows": [{"model": "0:a"}]}', '{"table": []}'])
+def test_latency_floor_foreign_file_is_one_line(content, tmp_path, capsys):
+    from tools.latency_floor import main as floor_main
+
+    source = tmp_path / "latency.json"
+    source.write_text(content)
+    assert floor_main([str(source), "--line", "0,1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a latency.json of tools/bench_latency.py" in err
+    assert source.read_text() == content and not (tmp_path / "floor.json").exists()
+
+
+def test_latency_floor_refuses_an_onnx_file_on_the_line(tmp_path, capsys):
+    """An .onnx file given to bench_latency.py has no MACs (NaN): it cannot be a point of the line."""
+    from tools.latency_floor import main as floor_main
+
+    rows = latency_rows({"0:a": (1.0, [3.0]), "1:b_int8": (float("nan"), [2.0]), "2:c": (0.5, [2.0])})
+    source = tmp_path / "latency.json"
+    source.write_text(json.dumps({"rows": rows}))
+    assert floor_main([str(source), "--line", "0,1"]) == 2
+    assert "--line needs the parent (0)" in capsys.readouterr().err
+    assert floor_main([str(source), "--line", "0,2"]) == 0, "off the line a model without MACs is only not read"

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the measurement file and the models on the line from `argv` or sys.argv."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("latency_json", help="latency.json written by tools/bench_latency.py (the parent first)")
-    p.add_argument("--line", default="", help="comma-separated indices of the parent and its uniform cuts, e.g. 0,1,2,3")
+    p.add_argument("--line", default="", help="indices of the parent and its uniform cuts, e.g. 0,1,2,3")
     p.add_argument("--out", default="", help="where to write floor.json (default: beside latency.json)")
     return p.parse_args(argv)
 
@@ -65,7 +65,8 @@ def read_floor(rows: list[dict], line: list[int]) -> list[dict]:
                 cap.append(t0 / (f + (t0 - f) / factor) / factor)
                 vs_line.append((f + k * macs[i]) / repeats[i, j])
             out.append({"backend": backend, "model": r["model"], "macs_G": float(macs[i]),
-                        "fixed_ms": float(np.median(fixed)), "fixed_share": float(np.median(fixed) / np.median(repeats[0])),
+                        "fixed_ms": float(np.median(fixed)),
+                        "fixed_share": float(np.median(fixed) / np.median(repeats[0])),
                         "realization": float(np.median(realization)), "cap": float(np.median(cap)),
                         "vs_line": float(np.median(vs_line)), "vs_line_low": float(min(vs_line)),
                         "vs_line_high": float(max(vs_line))})  # fmt: skip
@@ -79,15 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     if not file.is_file():
         print(f"latency_floor: {file} not found (pass the latency.json of tools/bench_latency.py)", file=sys.stderr)
         return 2
-    rows = json.loads(file.read_text())["rows"]
-    n = len({r["model"] for r in rows})
+    try:
+        rows = json.loads(file.read_text())["rows"]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        macs = {r["model"]: float(r["macs_G"]) for r in rows if "repeat_medians_ms" in r}
+    except (ValueError, KeyError, TypeError):
+        rows, models, macs = [], [], {}
+    if not rows or len(macs) != len(models):
+        print(f"latency_floor: {file} is not a latency.json of tools/bench_latency.py with per-repeat medians "
+              f"(measure again with it)", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         line = sorted({int(i) for i in args.line.split(",") if i.strip()})
     except ValueError:
         line = []
-    if len(line) < 2 or line[0] != 0 or line[-1] >= n or any("repeat_medians_ms" not in r for r in rows):
-        print(f"latency_floor: --line needs the parent (0) and at least one uniform cut among the {n} models measured "
-              f"(e.g. --line 0,1,2), and a latency.json with per-repeat medians", file=sys.stderr)  # fmt: skip
+    if len(line) < 2 or line[0] != 0 or line[-1] >= len(models) or not all(np.isfinite(macs[models[i]]) for i in line):
+        print(f"latency_floor: --line needs the parent (0) and at least one uniform cut among the {len(models)} "
+              f"checkpoints measured (.pt files, whose MACs are counted; e.g. --line 0,1,2)", file=sys.stderr)
         return 2
     table = read_floor(rows, line)
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))

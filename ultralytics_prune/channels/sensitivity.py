@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from ultralytics.utils import TQDM, colorstr
 
-from ultralytics_prune.channels.calibrate import FORWARD_MACS, images_within_budget
+from ultralytics_prune.channels.calibrate import images_within_budget
 from ultralytics_prune.channels.group_pruner import GroupPruner, channel_masks
 from ultralytics_prune.channels.widths import allocate_ratios, kept_width
 from ultralytics_prune.measure.plots import plot_sensitivity
@@ -34,7 +34,6 @@ from ultralytics_prune.measure.report import read_csv, write_csv
 NOISE_FLOOR = 0.005
 SENSITIVITY_IMAGES = 64  # training images the scan measures each layer's cut on, at most
 MIN_SCAN_IMAGES = 8  # and at least, whatever the budget
-SCAN_MACS = FORWARD_MACS  # the scan's budget of forward MACs (2 passes x layers x images), by device type
 
 
 def scan_images(macs_per_image: float, layers: int, device_type: str) -> int:

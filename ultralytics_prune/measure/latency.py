@@ -116,8 +116,9 @@ def time_alone(
     """Milliseconds of `rounds` calls of each ONNX model, each model in a process of its own (`onnx_timer.py`).
 
     The models run one after the other, in the order given, with a pause of `settle` seconds (`ALONE_PAUSE_S` when not
-    given) before each, so none shares threads, caches or allocator with another. On this project's 2-core machine that is how latency agreed
-    with onnxruntime's own profile: yolov8s pruned to x3.94 fewer MACs timed x3.84 alone, x2.3 in one process.
+    given) before each, so none shares threads, caches or allocator with another. On this project's 2-core machine
+    that is how latency agreed with onnxruntime's own profile: yolov8s pruned to x3.94 fewer MACs timed x3.84 alone,
+    x2.3 in one process.
 
     Raises:
         RuntimeError: If onnxruntime cannot start the provider asked for, or the timer fails.

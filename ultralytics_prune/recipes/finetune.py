@@ -93,10 +93,6 @@ class StepFinetune:
         trainer.state_file.unlink(missing_ok=True)  # the step is done; nothing of it needs continuing
         return True
 
-    def teacher(self) -> str | None:
-        """The distillation teacher's checkpoint (see `teacher_of`)."""
-        return teacher_of(self.args)
-
 
 def teacher_of(args) -> str | None:
     """The distillation teacher's checkpoint: `distill_model`, else the input model with `distill=True`."""
