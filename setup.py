@@ -1,6 +1,6 @@
 """Install ultralytics-prune: `pip install .` or `pip install -e .`.
 
-`patches/` and `cfg/` live at the top level of the repository (see DESIGN.md) and are installed as
+`patches/` and `cfg/` live at the top level of the repository (see docs/architecture.md) and are installed as
 `ultralytics_prune.patches` and `ultralytics_prune.cfg` through `package_dir`.
 """
 
