@@ -15,6 +15,7 @@ from typing import Any
 from ultralytics.cfg import cfg2dict, get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 
+from ultralytics_prune.cfg.continuation import continue_from
 from ultralytics_prune.errors import UserError
 
 PRUNE_CFG_PATH = Path(__file__).with_name("default.yaml")
@@ -44,7 +45,7 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "target_latency": (_NUMBER, lambda v: v >= 0, "milliseconds >= 0, e.g. 'target_latency=20'"),
     "latency_backend": ((str,), lambda v: v in LATENCY_BACKENDS, "'onnxruntime', 'torch', 'cuda' or 'tensorrt'"),
     "sparse_epochs": ((int,), lambda v: v >= -1, "an integer >= 0, or -1 for a tenth of the fine-tune epochs"),
-    "sparse_reg": (_NUMBER, lambda v: v > 0, "a number > 0, e.g. 'sparse_reg=0.01'"),
+    "sparse_reg": (_NUMBER, lambda v: 0 < v <= 1, "a share 0 < sparse_reg <= 1, e.g. 'sparse_reg=0.9'"),
     "recalibrate": ((int,), lambda v: v >= 0, "a number of images >= 0, e.g. 'recalibrate=256'"),
     "reconstruct": ((int,), lambda v: v >= -1, "a number of images >= 0, e.g. 'reconstruct=256', or -1"),
     "max_map_drop": (_NUMBER, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 'max_map_drop=0.05'"),
@@ -56,11 +57,6 @@ PRUNE_KEY_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "threshold": (_NUMBER, lambda v: v >= 0, "a number >= 0, e.g. 'threshold=0.01'"),
     "min_channels": ((int,), lambda v: v >= 1, "an integer >= 1, e.g. 'min_channels=1'"),
 }
-# Ultralytics keys whose defaults differ for the fine-tuning inside `prune` and `slim`: the model is already trained
-# and the runs are short. Measured (README "Results"): `optimizer=auto` picks AdamW at a small lr for short runs and a
-# 3-epoch warmup starts the biases at lr 0.1; plain SGD at lr0 0.01 without warmup recovers 7 points more mAP50-95 in
-# 10 epochs after a 2x-MACs cut. Keys the user sets win.
-FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0}
 SPARSE_SHARE = 0.1  # `sparse_epochs=-1`: this share of each step's fine-tune epochs, rounded (0 below 5 epochs)
 _NOT_KEYS = {"augmentations", "save_dir"}  # set by Ultralytics' own code paths, never by a user
 
@@ -225,9 +221,10 @@ def ultralytics_args(args: SimpleNamespace | dict) -> IterableSimpleNamespace:
 
 
 def recipe_overrides(overrides: dict) -> dict:
-    """The keys of a `prune` or `slim` run: the fine-tuning defaults under the user's keys, and `epochs` (fine-tune
-    epochs, 0 allowed) passed on as `finetune_epochs`."""
-    overrides = {**FINETUNE_DEFAULTS, **overrides}
+    """The keys of a `prune` or `slim` run: the user's over the keys that continue the training of the input
+    checkpoint (`continuation`: its optimizer, near the learning rate it ended at, no warmup, mosaic as it ended), and
+    `epochs` (fine-tune epochs, 0 allowed) passed on as `finetune_epochs`."""
+    overrides = continue_from(overrides.get("model"), overrides)
     if "epochs" in overrides:
         overrides["finetune_epochs"] = overrides.pop("epochs")
     return overrides

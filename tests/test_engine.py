@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import LOGGER
-from ultralytics_prune.cfg import FINETUNE_DEFAULTS, IMPORTANCES, get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg import IMPORTANCES, get_prune_cfg, recipe_overrides
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.trainer import PrunedModelTrainer
 
@@ -184,13 +184,6 @@ def test_target_macs(untrained, synthetic_data, tmp_path):
     assert rows[-1]["macs_G"] <= target * 1.001, (rows[-1]["macs_G"], target)
     assert rows[-1]["macs_G"] >= target * 0.6, "overshot the target by far"
     assert rows[1]["macs_G"] > rows[2]["macs_G"], "MACs fall step by step towards the target"
-
-
-def test_finetune_defaults_yield_to_the_users_keys():
-    args = get_prune_cfg(overrides={**recipe_overrides({"lr0": 0.002, "epochs": 3}), "mode": "prune"})
-    assert args.lr0 == 0.002 and args.finetune_epochs == 3, "keys the user sets win"
-    assert all(getattr(args, k) == v for k, v in FINETUNE_DEFAULTS.items() if k != "lr0"), "the others stay ours"
-    assert get_prune_cfg(overrides={"mode": "train"}).optimizer == "auto", "plain training keeps Ultralytics' defaults"
 
 
 def test_benchmark_reports_a_failing_row_and_goes_on(untrained, synthetic_data, tmp_path):

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -23,7 +24,8 @@ import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-from ultralytics_prune.cfg import FINETUNE_DEFAULTS, PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg.continuation import continuation_keys, read_parent_training
 
 from ultralytics_prune import UserError, YOLOPrune
 from ultralytics_prune.channels.graph import ATTENTION_TYPES, head_output_convs
@@ -43,6 +45,9 @@ CSV_COLUMNS = [
     "mAP50-95_pre",
     "mAP50_post",
     "mAP50-95_post",
+    "mAP50-95_first",
+    "mAP50-95_lowest",
+    "shock",
 ]
 # Keys every run of this file shares: small, CPU, no worker processes, no plots.
 FAST = dict(imgsz=64, batch=16, workers=0, plots=False, exist_ok=True, device="cpu")
@@ -63,6 +68,12 @@ def read_rows(file: Path) -> list[dict]:
         reader = csv.DictReader(f)
         assert reader.fieldnames == CSV_COLUMNS, reader.fieldnames
         return [{k: float(v) for k, v in row.items()} for row in reader]
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    """The rows hold the same values (NaN equal to NaN: a row without a fine-tune has no shock)."""
+    return [list(r) for r in a] == [list(r) for r in b] and all(
+        x == y or (math.isnan(x) and math.isnan(y)) for ra, rb in zip(a, b) for x, y in zip(ra.values(), rb.values()))
 
 
 def conv_widths(model: nn.Module) -> list[tuple[int, int]]:
@@ -206,6 +217,10 @@ def test_e2e_csv(e2e):
         assert r["mAP50-95_post"] <= r["mAP50_post"] + 1e-9
     assert rows[0]["speedup"] == 1.0, "row 0 is the unpruned model; the others are timings, not bounded here"
     assert rows[0]["mAP50_pre"] == rows[0]["mAP50_post"] and rows[0]["mAP50-95_pre"] == rows[0]["mAP50-95_post"]
+    assert all(math.isnan(rows[0][k]) for k in ("mAP50-95_first", "mAP50-95_lowest", "shock")), "row 0: no fine-tune"
+    for r in rows[1:]:  # one fine-tune epoch: its first epoch is its lowest, and the shock is read from the cut's mAP
+        assert 0 <= r["mAP50-95_first"] == r["mAP50-95_lowest"] <= 1, r
+        assert r["shock"] == pytest.approx(r["mAP50-95_lowest"] - r["mAP50-95_pre"], abs=1e-5), r
 
 
 def test_e2e_widths_rounded(e2e, trained):
@@ -309,7 +324,10 @@ def test_distill_runs_and_saves_no_teacher(e2e, trained, synthetic_data, runs_di
     results = (runs_dir / "prune_distill" / "step1" / "results.csv").read_text().splitlines()
     last = dict(zip(results[0].split(","), results[-1].split(",")))
     assert float(last["train/kd_loss"]) > 0, "the distillation term was trained on"
-    assert all(args[k] == v for k, v in FINETUNE_DEFAULTS.items()), "the fine-tune recipe reaches the trainer"
+    parent = read_parent_training(trained["path"])
+    assert parent is not None and parent.optimizer == "AdamW", "Ultralytics records what optimizer=auto chose"
+    keys = continuation_keys(parent)
+    assert all(args[k] == v for k, v in keys.items()), "the fine-tune goes on from the parent's training"
     proc = subprocess.run(
         [sys.executable, "-c", VAL_SCRIPT, str(final), str(synthetic_data)], capture_output=True, text=True,
         env={**os.environ, "YOLO_OFFLINE": "1"}, cwd=tmp_path, timeout=300,
@@ -497,7 +515,7 @@ def test_resume_after_interruption(trained, synthetic_data, runs_dir):
     assert resumed == final and final.is_file()
     rows = read_rows(csv_file)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    assert rows[:2] == full[:2], "the rows of finished steps must be kept as they were"
+    assert same_rows(rows[:2], full[:2]), "the rows of finished steps must be kept as they were"
     assert [r["ratio"] for r in rows] == pytest.approx(step_ratios(0.6, 3))
     assert_macs_fell(rows)
     for i in (2, 3):  # magnitude importance is deterministic: the resumed steps prune the same channels

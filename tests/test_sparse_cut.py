@@ -83,9 +83,9 @@ def read_csv_rows(file: Path) -> list[dict]:
 # the penalty
 
 
-def test_penalty_touches_only_removed_channels():
-    """The hook adds strength * w where a cut removes (root rows, BatchNorm weight and bias, consumers' input
-    columns) and leaves every other gradient entry bit for bit."""
+def test_shrink_touches_only_removed_channels():
+    """The hook shrinks what a cut removes (root rows, BatchNorm weight and bias, consumers' input columns) by the
+    epoch's factor and leaves every other weight bit for bit; an epoch's steps together take its share away."""
     model = yolov8n()
     pruner, cuts = half_cut(model)
     masks = channel_masks(model, pruner.touched(cuts))
@@ -97,22 +97,26 @@ def test_penalty_touches_only_removed_channels():
     assert masks[f"{bn_name}.weight"].tolist() == masks[f"{bn_name}.bias"].tolist() == rows.tolist()
     columns = [m for n, m in masks.items() if m.dim() == 4 and m.amax((0, 2, 3)).sum() < m.shape[1]
                and m.amax((1, 2, 3)).all()]  # fmt: skip
-    assert columns, "no consumer's input columns are penalized"
+    assert columns, "no consumer's input columns are shrunk"
 
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    before = {n: p.grad.clone() for n, p in model.named_parameters()}
-    penalty = GroupSparsity(masks, reg=0.01, nbs=64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    penalty = GroupSparsity(masks, reg=0.9)
     penalty.bind(model)
-    penalty.grow(epoch=1, epochs=2)  # full strength at the last epoch
-    assert penalty.strength == pytest.approx(0.01 * 64)
-    penalty.penalize()
+    penalty.grow(epoch=0, epochs=2, steps=3)  # half strength in the first of two epochs: 45 % over its 3 steps
+    assert penalty.keep**3 == pytest.approx(1 - 0.45)
+    for _ in range(3):
+        penalty.shrink()
     for name, p in model.named_parameters():
         mask = masks.get(name, torch.zeros_like(p))
-        changed = p.grad != before[name]
-        assert not changed[mask == 0].any(), f"{name}: a kept channel's gradient changed"
-        expected = before[name] + penalty.strength * p.detach() * mask
-        assert torch.allclose(p.grad, expected), name
+        assert torch.equal(p[mask == 0], before[name][mask == 0]), f"{name}: a kept channel's weight changed"
+        assert torch.allclose(p[mask == 1], before[name][mask == 1] * 0.55, atol=1e-7), name
+    assert masked_norm(model, masks) == pytest.approx(0.55 * masked_norm_of(before, masks), rel=1e-5)
+    penalty.grow(epoch=1, epochs=2, steps=3)
+    assert penalty.keep**3 == pytest.approx(1 - 0.9)
+
+
+def masked_norm_of(params: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> float:
+    return sum(float((params[n] * m).pow(2).sum()) for n, m in masks.items()) ** 0.5
 
 
 def test_masks_follow_the_checkpoint_the_trainer_loads(tmp_path):
@@ -138,11 +142,12 @@ def test_sparse_epochs_end_to_end(synthetic_data, parent, tmp_path, distill):
     """`yolo prune sparse_epochs=2 epochs=1`: the removed channels' norm shrank before the cut (CSV `sparse_left`);
     also when Ultralytics' feature distillation wraps the student (its parameters then carry a prefix)."""
     run = run_prune(synthetic_data, parent, tmp_path, rate=0.25, iterative_steps=1, epochs=1, sparse_epochs=2,
-                    sparse_reg=1.0, nbs=16, **distill)  # fmt: skip
+                    nbs=16, **distill)  # fmt: skip
     rows = read_csv_rows(run / "prune_results.csv")
     assert math.isnan(float(rows[0]["sparse_left"]))  # the unpruned row: no cut
     left = float(rows[1]["sparse_left"])
-    assert 0 <= left < 0.9, left
+    assert 0 <= left < 0.3, left  # the shrink alone leaves (1 - 0.45) * (1 - 0.9) = 5.5 %; the loss pulls back a little
+    assert math.isfinite(float(rows[1]["sparse_shock"])), "the sparse epochs' fall is recorded"
     assert (run / "step1" / "sparse" / "weights" / "best.pt").is_file()
     assert float(rows[1]["removed"]) > 0.15
 
@@ -207,7 +212,7 @@ def test_reconstruction_recovers_a_removed_copy():
     assert (model(x) - reference(x)).abs().max() > 1e-2
 
     (name, before, after), = reconstruct_consumers(reference, model, ledger, images, ridge=1e-9)
-    assert name == "1" and before > 1e-3 and after < 1e-8
+    assert name == "1" and before > 1e-3 and after < 1e-5 * before  # float32 rounding: 3e-7 of 0.12 on some CPUs
     torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-4)
 
 
@@ -262,7 +267,8 @@ def test_rebuild_images_within_the_budget():
     assert MIN_REBUILD_IMAGES < rebuild_images(4.1e9, 49, "cpu") < REBUILD_IMAGES  # at 640 px
     assert rebuild_images(258e9, 100, "cpu") == MIN_REBUILD_IMAGES  # yolov8x at 640 px
     assert rebuild_images(4.1e9, 49, "cuda") == REBUILD_IMAGES
-    for bad in ({"sparse_epochs": -2}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"importance": "obd"},
+    for bad in ({"sparse_epochs": -2}, {"sparse_epochs": 1.5}, {"sparse_reg": 0}, {"sparse_reg": 1.5},
+                {"importance": "obd"},
                 {"sparse_epochs": 2, "method": "unstructured"}, {"sparse_epochs": 2, "device": "0,1"},
                 {"distill_loss": "response", "distill": True, "sparse_epochs": 0, "device": [0, 1]}):  # fmt: skip
         with pytest.raises(UserError) as e:

@@ -482,16 +482,30 @@ def test_gamma_histogram_bins():
     assert h.sum() - h[[0, 10, 30, 40, 49]].sum() == 0
 
 
-def test_sparsity_training_on_from_a_checkpoint_starts_without_warmup(synthetic_data, tmp_path):
+def test_sparsity_training_on_from_a_checkpoint_goes_on_from_its_training(synthetic_data, tmp_path):
+    """`yolo train model=best.pt sr=...` continues the parent's training (its SGD near the rate it ended at, no
+    warmup, mosaic as it ended) instead of restarting it; an Adam parent gives way to SGD (Adam rescales the L1 term)."""
+    from ultralytics_prune.cfg.continuation import CONTINUE_LR_RISE, FALLBACK_KEYS
     from ultralytics_prune.checkpoint import save_checkpoint
-    from ultralytics_prune.model import CONTINUE_DEFAULTS
 
-    ckpt = save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False), tmp_path / "trained.pt")
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    sgd = save_checkpoint(model, tmp_path / "sgd.pt", train_args={"optimizer": "SGD", "lr0": 0.02, "lrf": 0.01,
+                                                                   "close_mosaic": 10})  # fmt: skip
+    adam = save_checkpoint(model, tmp_path / "adam.pt", train_args={"optimizer": "AdamW", "lr0": 0.001, "lrf": 0.01,
+                                                                     "close_mosaic": 0})  # fmt: skip
     keys = dict(data=str(synthetic_data), epochs=1, imgsz=64, batch=16, workers=0, plots=False, val=False,
                 project=str(tmp_path), exist_ok=True, sr=1e-3)  # fmt: skip
-    model = YOLOPrune(str(ckpt))
-    model.train(name="on", **keys)
-    assert {k: getattr(model.trainer.args, k) for k in CONTINUE_DEFAULTS} == CONTINUE_DEFAULTS
+    on = YOLOPrune(str(sgd))
+    on.train(name="on", **keys)
+    args = on.trainer.args
+    assert (args.optimizer, args.warmup_epochs, args.warmup_bias_lr, args.mosaic) == ("SGD", 0.0, 0.0, 0.0)
+    assert args.lr0 == pytest.approx(0.02 * 0.01 * CONTINUE_LR_RISE) and args.lr0 * args.lrf == pytest.approx(2e-4)
+    from_adam = YOLOPrune(str(adam))
+    from_adam.train(name="adam", **keys)
+    args = from_adam.trainer.args
+    assert (args.optimizer, args.lr0, args.lrf) == tuple(FALLBACK_KEYS[k] for k in ("optimizer", "lr0", "lrf"))
+    assert args.mosaic == 1.0, "the parent ended with mosaic: so does the continuation"
+    ckpt = sgd
     mine = YOLOPrune(str(ckpt))
     mine.train(name="mine", warmup_epochs=1.0, **keys)
     assert mine.trainer.args.warmup_epochs == 1.0, "a key the user sets wins"

@@ -432,6 +432,11 @@ def test_benchmark_continue_row_and_convergence_check(synthetic_data, tmp_path):
     assert [s["step"] for s in steps] == [0, 1] and all(s["removed"] == 0 for s in steps)
     assert steps[1]["params_M"] == steps[0]["params_M"]
     assert (out / "continue" / "step1" / "results.csv").is_file(), "fine-tuned by the loop's trainer"
+    for row, run in ((cont, "continue"), (pruned, "prune")):  # the fine-tune's fall below what it was given
+        step = read_csv(out / run / f"{run}_results.csv")[1]
+        assert row["first_epoch"] == step["mAP50-95_first"] and row["shock"] == step["shock"], (row, step)
+        assert step["shock"] == pytest.approx(step["mAP50-95_lowest"] - step["mAP50-95_pre"], abs=2e-6)
+    assert base["first_epoch"] == base["shock"] == "", "the base row was not fine-tuned"
 
     report = json.loads((out / "benchmark.json").read_text())
     verdict = report["convergence"]

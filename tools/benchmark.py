@@ -21,7 +21,9 @@ timed with the others; `vs_float` is its task mAP50-95 minus that of the same ro
 Writes benchmark.csv, benchmark.json, benchmark.md and benchmark.png (mAP50-95 against MACs and against measured
 latency) in `--out` and prints the table: MACs, parameters, box mAP50 and mAP50-95, the task's own mAP50-95 (mask
 or pose; the box one for detect and OBB), `vs_continue` (that mAP50-95 minus the `continue` row's), onnxruntime CPU
-latency (each model alone in its own process, medians) and wall time per row. A row that fails is reported in its `error` column; the
+latency (each model alone in its own process, medians) and wall time per row; for every row the pruning loop
+trained, `first_epoch` (the task's mAP50-95 after the first fine-tune epoch) and `shock` (the deepest fall of any of
+its fine-tunes, sparse epochs included, below the model it was given: a re-learn shows as a large negative number). A row that fails is reported in its `error` column; the
 others go on.
 
 On top of the table stands the convergence check of the input: its own `results.csv` (beside `weights/`) read for the
@@ -53,7 +55,8 @@ ROWS = ("base", "continue", "prune", "attention", "latency", "distill", "slim", 
 METRIC = "task_mAP50-95"  # what `vs_continue`, the spread and the convergence check read
 SPREAD = (METRIC, "vs_continue")  # reported as the mean and the spread (max - min) over the seeds
 COLUMNS = ("row", "seeds", "macs_G", "params_M", "mAP50", "mAP50-95", METRIC, f"{METRIC}_spread", "vs_continue",
-           "vs_continue_spread", "vs_float", "onnx_ms", "speedup", "train_epochs", "wall_s", "error")  # fmt: skip
+           "vs_continue_spread", "first_epoch", "shock", "vs_float", "onnx_ms", "speedup", "train_epochs", "wall_s",
+           "error")  # fmt: skip
 CONVERGENCE_TAIL = 0.2  # the share of the parent's last epochs the convergence check looks at
 CONVERGENCE_RISE = 0.01  # a rise of mAP50-95 over them above this (1 point) means the parent is still learning
 RESULT_COLUMNS = ("metrics/mAP50-95(M)", "metrics/mAP50-95(P)", "metrics/mAP50-95(B)")  # the task's own before box
@@ -226,6 +229,7 @@ class Benchmark:
         try:
             self.checkpoints[name] = getattr(self, f"{name}_" if keyword.iskeyword(name) else name)()
             run.update(self.measure(self.checkpoints[name]))
+            run.update(finetune_shock(self.checkpoints[name]))
         except Exception as e:  # a failing row is reported, not fatal
             LOGGER.warning(f"benchmark: row '{name}' (seed {seed}) failed: {type(e).__name__}: {e}")
             run["error"] = f"{type(e).__name__}: {e}"
@@ -289,6 +293,22 @@ class Benchmark:
         base = next((r for r in measured if r["row"] == "base"), None)
         for r in measured:
             r["speedup"] = base["onnx_ms"] / r["onnx_ms"] if base else float("nan")
+
+
+def finetune_shock(checkpoint: Path) -> dict:
+    """How far the fine-tunes of a run of the pruning loop fell below the model each was given, from the run's CSV
+    (`<run>/<mode>_results.csv` for `<run>/weights/<result>.pt`): `first_epoch`, the task's mAP50-95 after the first
+    fine-tune epoch of step 1, and `shock`, the lowest of every step's `shock` and `sparse_shock` (a re-learn shows as
+    a large negative number). Nothing for a checkpoint that no run of the loop wrote."""
+    from ultralytics_prune.measure.report import read_csv
+
+    run = Path(checkpoint).resolve().parent.parent
+    files = sorted(run.glob("*_results.csv"))
+    rows = read_csv(files[0]) if files else []
+    first = [v for r in rows[1:2] for k, v in r.items() if k.endswith("_first") and isinstance(v, float)]
+    shocks = [v for r in rows[1:] for k, v in r.items() if k in ("shock", "sparse_shock") and isinstance(v, float)
+              and not math.isnan(v)]  # fmt: skip
+    return {**({"first_epoch": first[-1]} if first else {}), **({"shock": min(shocks)} if shocks else {})}
 
 
 def add_vs_continue(runs: list[dict]) -> None:

@@ -9,6 +9,7 @@ from ultralytics import YOLO
 from ultralytics.utils import YAML
 
 from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
+from ultralytics_prune.cfg.continuation import read_parent_training, sparsity_continuation
 from ultralytics_prune.checkpoint import is_pruned, is_pruned_file
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS, SPARSITY_TRAINERS
@@ -17,9 +18,6 @@ from ultralytics_prune.recipes.slim import NetworkSlimmer
 from ultralytics_prune.recipes.unstructured import UnstructuredPruner
 
 RECIPES = {"prune": DepGraphPruner, "slim": NetworkSlimmer}
-# Sparsity training on from a trained checkpoint starts without Ultralytics' warmup: its bias learning rate of 0.1
-# took a converged YOLOv8n from 0.242 to 0.025 mAP50-95 in one epoch at sr=0 (DESIGN.md, "Measured"). Keys set win.
-CONTINUE_DEFAULTS = {"warmup_epochs": 0.0, "warmup_bias_lr": 0.0}
 
 
 def run_recipe(mode: str, overrides: dict) -> Path:
@@ -111,8 +109,8 @@ class YOLOPrune(YOLO):
             trainer = our_trainer(self.task, kwargs, self.model if self.ckpt else kwargs.get("model"))
             if trainer is None:  # plain Ultralytics: our keys, all at their defaults, are not its keys
                 kwargs = {k: v for k, v in kwargs.items() if k not in PRUNE_DEFAULTS}
-            elif self.ckpt and kwargs.get("sr", 0) > 0 and not kwargs.get("resume"):
-                kwargs = {**CONTINUE_DEFAULTS, **kwargs}  # sparsity training on from a trained model
+            elif self.ckpt and kwargs.get("sr", 0) > 0 and not kwargs.get("resume"):  # on from a trained model
+                kwargs = {**sparsity_continuation(read_parent_training(self.ckpt_path)), **kwargs}
         return super().train(trainer=trainer, **kwargs)
 
     def _recipe_overrides(self, kwargs: dict) -> dict:

@@ -137,12 +137,13 @@ def write_atomic(file: str | Path, text: str) -> Path:
 
 
 def write_csv(rows: list[dict], file: str | Path) -> Path:
-    """Write `rows` (dicts with the same keys) to a CSV file, replacing it atomically."""
+    """Write `rows` to a CSV file, replacing it atomically: every key of any row is a column, in the order first seen,
+    and a row without it gets `nan` there."""
     file = Path(file)
     tmp = file.with_name(f".{file.name}.tmp")
-    keys = list(rows[0]) if rows else []
+    keys = list(dict.fromkeys(k for row in rows for k in row))
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, restval="nan")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

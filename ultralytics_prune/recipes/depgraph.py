@@ -113,13 +113,6 @@ class DepGraphPruner(LatencyGoals, SparseCuts, PruneRun):
         """Output width of every convolution of the input model (block twins swapped in), by module name."""
         return {n: m.out_channels for n, m in self.unpruned_model().named_modules() if isinstance(m, nn.Conv2d)}
 
-    def measure(self, model: nn.Module) -> dict:
-        """The usual columns (see `LatencyGoals.measure`), plus, with `sparse_epochs`, `sparse_left`."""
-        row = super().measure(model)
-        if self.args.sparse_epochs:  # the step's share of the removed channels' norm left at the cut (row 0: none)
-            row["sparse_left"], self.sparse_left = self.sparse_left, float("nan")
-        return row
-
     def prune_to(self, ratio: float) -> dict:
         """Remove channels so that every prunable layer keeps its share `1 - ratio` of its original width.
 

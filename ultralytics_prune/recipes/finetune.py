@@ -7,6 +7,7 @@ path, so Ultralytics' DDP launcher works unchanged; a fine-tune that diverges le
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn as nn
@@ -15,20 +16,51 @@ from ultralytics.utils import LOGGER
 
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, save_checkpoint, student_of
+from ultralytics_prune.measure.report import read_csv
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS
 from ultralytics_prune.recipes.finetune_state import RESUME_STATE, training_finished
 from ultralytics_prune.recipes.response_distill import ResponseDistillation
+
+
+@dataclass
+class Finetuned:
+    """What one fine-tune did.
+
+    Attributes:
+        tuned (bool): Its best weights were loaded back into the model (False: it diverged, the model is unchanged).
+        curve (list[float]): The task's mAP50-95 Ultralytics validated after each epoch (its EMA), from results.csv.
+    """
+
+    tuned: bool
+    curve: list[float] = field(default_factory=list)
+
+
+def shock_columns(metric: str, start: float, curve: list[float]) -> dict[str, float]:
+    """The row columns that show a re-learn: `metric` after the fine-tune's first epoch, its lowest, and `shock`, that
+    lowest minus `start` (the model it was given); NaN without a curve."""
+    if not curve:
+        return {f"{metric}_first": float("nan"), f"{metric}_lowest": float("nan"), "shock": float("nan")}
+    return {f"{metric}_first": curve[0], f"{metric}_lowest": min(curve), "shock": min(curve) - start}
+
+
+def epoch_curve(results_csv: Path, column: str) -> list[float]:
+    """The values of `column` in an Ultralytics results.csv, one per epoch (empty when the file or column is missing)."""
+    if not results_csv.is_file():
+        return []
+    rows = [{k.strip(): v for k, v in r.items()} for r in read_csv(results_csv)]
+    return [float(r[column]) for r in rows if isinstance(r.get(column), float)]
 
 
 class StepFinetune:
     """The fine-tune of `loop.PruneRun`'s steps (a base of it). Reads the run's `args`, `task`, `prefix` and
     `resuming` and calls its `mark_pruned` and `swap_twins`."""
 
-    def finetune(self, model: nn.Module, step_dir: Path, epochs: int, setup: Callable | None = None) -> bool:
+    def finetune(self, model: nn.Module, step_dir: Path, epochs: int, setup: Callable | None = None) -> Finetuned:
         """Fine-tune `model` for `epochs` and load the best weights back into it (same object, same widths).
 
         A fine-tune that diverges (Ultralytics gives up on a NaN loss, or its best weights are not finite) leaves
-        `model` as it was after the cut, says so in one line and returns False.
+        `model` as it was after the cut and says so in one line. Returns what it did, with the task's mAP50-95 after
+        every epoch (`Finetuned`).
 
         The trainer loads the pruned module from a checkpoint path, so Ultralytics' DDP launcher works unchanged.
         With `distill=True` the input checkpoint is the teacher (`distill_model=path` picks another): with
@@ -74,6 +106,7 @@ class StepFinetune:
             if "NaN" not in str(e):
                 raise
             reason = " ".join(str(e).split())
+        curve = epoch_curve(trainer.csv, f"metrics/mAP50-95({self.task.suffix})")
         best = trainer.best if trainer.best.exists() else trainer.last
         tuned = None
         if not reason and best.exists():
@@ -88,10 +121,10 @@ class StepFinetune:
         if reason:
             LOGGER.warning(f"{self.prefix}{step_dir.name}: fine-tuning diverged ({reason}); keeping the model as it "
                            f"was after the cut")  # fmt: skip
-            return False
+            return Finetuned(False, curve)
         model.load_state_dict(self.swap_twins(tuned.float()).state_dict())
         trainer.state_file.unlink(missing_ok=True)  # the step is done; nothing of it needs continuing
-        return True
+        return Finetuned(True, curve)
 
 
 def teacher_of(args) -> str | None:

@@ -2,22 +2,25 @@
 
 The DepGraph paper (Fang et al. 2023) trains with a group-level penalty before pruning so that whole groups of
 coupled channels become unimportant and the cut removes what no longer matters. Here the channels are already
-chosen (the step's cut, planned on the dependency graph but not made), so the penalty falls on exactly those
+chosen (the step's cut, planned on the dependency graph but not made), so the shrink falls on exactly those
 channels, in every layer of their group: the producing convolutions' rows (and biases), the BatchNorm weights and
-biases, and the consumers' input columns. It is the growing L2 penalty of growing regularization (Wang et al. 2021,
-torch-pruning's `GrowingRegPruner`), restricted to the removed channels: `lambda * w` is added to their gradients,
-with `lambda` rising in equal increments over the sparse epochs, `sparse_reg * nbs * (epoch + 1) / epochs`. Scaled by
-`nbs` as `sr` is (Ultralytics' gradient at an optimizer step sums a nominal batch of `nbs` images), so `sparse_reg` is
-the weight of `|w|^2 / 2` next to the per-image loss, for any batch size. An L2 term shrinks each slice in proportion
-to itself, so one strength serves layers of any scale (a group lasso `w / |w|` moves every group by the same
-absolute amount). With BatchNorm weight and bias at zero a channel outputs SiLU(0) = 0: removing it changes nothing.
+biases, and the consumers' input columns, while the rest of the model trains on and learns to do without them.
 
-The penalty is a step pre-hook of the optimizer, as `SparsityMixin.add_sparsity_term` (after Ultralytics' unscale and
-gradient clipping), attached to the fine-tune trainer of the pruning loop by callbacks (`GroupSparsity.attach`).
+The shrink is decoupled from the optimizer, as AdamW's weight decay is: after each optimizer step every removed slice
+is multiplied by a factor below one, so that at full strength an epoch takes `sparse_reg` of what is left of them
+away, rising in equal increments over the sparse epochs (`sparse_reg * (epoch + 1) / epochs` in epoch `epoch`). An
+L2 penalty added to the gradient instead moves them by the learning rate times its strength: under the fine-tune's
+continuation learning rate (`cfg/continuation.py`, a tenth of the parent's) it barely moved them, and Adam rescales
+it into a fixed step. A factor shrinks each slice in proportion to itself, so one strength serves layers of any
+scale. With BatchNorm weight and bias at zero a channel outputs SiLU(0) = 0: removing it changes nothing.
+
+The shrink is a step post-hook of the optimizer, attached to the fine-tune trainer of the pruning loop by callbacks
+(`GroupSparsity.attach`).
 """
 
 from __future__ import annotations
 
+import math
 from copy import deepcopy
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -31,7 +34,7 @@ from ultralytics_prune.checkpoint import load_model, save_checkpoint, student_of
 from ultralytics_prune.errors import refuse_several_devices
 
 PREFIX = colorstr("sparse: ")
-WEAK_LEFT = 0.5  # above this share of the norm left at a cut, the log line suggests a stronger penalty
+WEAK_LEFT = 0.5  # above this share of the norm left at a cut, the log line suggests a stronger shrink
 
 
 def masked_norm(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
@@ -60,38 +63,38 @@ def masks_as_saved(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str
 
 
 class GroupSparsity:
-    """The growing L2 penalty on the channels a cut will remove (see module docstring).
+    """The growing shrink of the channels a cut will remove (see module docstring).
 
     Args:
         masks (dict): `{parameter name: mask}`, 1 on the channels to remove (`channel_masks`, `masks_as_saved`).
-        reg (float): `sparse_reg`, the penalty's full strength per image.
-        nbs (int): Ultralytics' nominal batch size, the images one optimizer step sums.
+        reg (float): `sparse_reg`, the share of the removed channels' weights an epoch takes away at full strength.
     """
 
-    def __init__(self, masks: dict[str, torch.Tensor], reg: float, nbs: int):
+    def __init__(self, masks: dict[str, torch.Tensor], reg: float):
         """Keep the masks by parameter name, so they apply to any copy of the model (the trainer loads its own)."""
         self.masks = masks
-        self.reg, self.nbs = reg, nbs
+        self.reg = reg
         self.bound: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self.strength = 0.0
+        self.keep = 1.0  # the factor each optimizer step leaves of the removed slices in this epoch
         self.start_norm: float | None = None
 
     def bind(self, model: nn.Module) -> None:
-        """Point the penalty at the parameters of `model` (the trainer's copy) with these names."""
+        """Point the shrink at the parameters of `model` (the trainer's copy) with these names."""
         params = dict(model.named_parameters())
         self.bound = [(params[name], mask.to(params[name].device)) for name, mask in self.masks.items()]
 
-    def penalize(self, optimizer=None, args=(), kwargs=None) -> None:
-        """Add `strength * w` to the gradient of every removed slice (an optimizer step pre-hook); nothing else."""
-        if self.strength <= 0:
+    def shrink(self, optimizer=None, args=(), kwargs=None) -> None:
+        """Multiply every removed slice by `keep` (an optimizer step post-hook); nothing else."""
+        if self.keep >= 1:
             return
-        for param, mask in self.bound:
-            if param.grad is not None:
-                param.grad.add_(param.detach() * mask, alpha=self.strength)
+        with torch.no_grad():
+            for param, mask in self.bound:
+                param.mul_(1 - (1 - self.keep) * mask)
 
-    def grow(self, epoch: int, epochs: int) -> None:
-        """Set this epoch's strength: `reg * nbs` times `(epoch + 1) / epochs`."""
-        self.strength = self.reg * self.nbs * (epoch + 1) / max(1, epochs)
+    def grow(self, epoch: int, epochs: int, steps: int) -> None:
+        """Set this epoch's factor: its `steps` optimizer steps together take `reg * (epoch + 1) / epochs` away."""
+        share = min(1.0, self.reg * (epoch + 1) / max(1, epochs))
+        self.keep = (1 - share) ** (1 / max(1, steps))
 
     # the trainer's callbacks --------------------------------------------------------------------------------------
     def attach(self, trainer) -> None:
@@ -103,7 +106,7 @@ class GroupSparsity:
         """
         refuse_several_devices(trainer, "sparse_epochs", "'sparse_epochs=0'")
         trainer.add_callback("on_train_start", self.on_train_start)
-        trainer.add_callback("on_train_epoch_start", lambda t: self.grow(t.epoch, t.epochs))
+        trainer.add_callback("on_train_epoch_start", lambda t: self.grow(t.epoch, t.epochs, optimizer_steps(t)))
         trainer.add_callback("on_train_epoch_end", self.on_train_epoch_end)
 
     def on_train_start(self, trainer) -> None:
@@ -111,7 +114,7 @@ class GroupSparsity:
         model = student_of(trainer.model)  # with feature distillation the trainer's model wraps it
         self.bind(model)
         self.start_norm = masked_norm(model, self.masks)
-        trainer.optimizer.register_step_pre_hook(self.penalize)
+        trainer.optimizer.register_step_post_hook(self.shrink)
 
     def on_train_epoch_end(self, trainer) -> None:
         """Log the share of the removed channels' norm left (EMA, the weights saved); mark the epoch as best."""
@@ -119,7 +122,12 @@ class GroupSparsity:
         if RANK in {-1, 0} and self.start_norm:
             left = masked_norm(student_of(trainer.ema.ema), self.masks) / self.start_norm
             LOGGER.info(f"{PREFIX}epoch {trainer.epoch + 1}/{trainer.epochs}: {left:.1%} of the removed channels' norm "
-                        f"left, penalty {self.strength:.3g}")  # fmt: skip
+                        f"left, {1 - self.keep:.3g} taken per optimizer step")  # fmt: skip
+
+
+def optimizer_steps(trainer) -> int:
+    """The optimizer steps of one epoch of `trainer`: Ultralytics steps once every `accumulate` batches."""
+    return max(1, math.ceil(len(trainer.train_loader) / max(1, trainer.accumulate)))
 
 
 class SparseCuts:
@@ -127,15 +135,15 @@ class SparseCuts:
     run's `args`, `model`, `ledger`, `save_dir`, `prefix` and calls its `cut`, `scored_pruner`, `finetune` and
     `after_cut`."""
 
-    sparse_left: float = float("nan")  # share of the removed channels' norm left after the sparse epochs (for the row)
-
     def sparse_cut(self, step: int) -> dict:
         """This step's cut after `sparse_epochs` of training that drives exactly its channels toward zero.
 
         The cut is first made on a copy (any goal: rate, MACs, latency), which gives the width of every group; the
         channels each group then loses are chosen on the model by the run's criterion, trained toward zero with the
         growing L2 penalty of `group_sparsity` (through the same fine-tune as after a cut, in `step<n>/sparse`), and
-        removed. How much of their norm is left at the cut goes to the log and to the CSV column `sparse_left`.
+        removed. Returns the row entries of `after_cut` with two columns of its own: `sparse_left`, the share of
+        their norm left at the cut, and `sparse_shock`, the lowest mAP50-95 of the sparse epochs minus the mAP the
+        step started from.
         """
         model, ledger = self.model, self.ledger
         self.model, self.ledger = deepcopy(model), None  # a trial cut: the step's own comes after the sparse epochs
@@ -147,16 +155,17 @@ class SparseCuts:
         pruner = self.scored_pruner()
         cuts = pruner.choose([target[name] for name in pruner.names])
         masks = channel_masks(model, pruner.touched(cuts))
-        penalty = GroupSparsity(masks_as_saved(model, masks), self.args.sparse_reg, self.args.nbs)
+        penalty = GroupSparsity(masks_as_saved(model, masks), self.args.sparse_reg)
         before = masked_norm(model, masks)
-        self.finetune(model, self.save_dir / f"step{step}" / "sparse", self.args.sparse_epochs, setup=penalty.attach)
-        left = self.sparse_left = masked_norm(model, masks) / max(before, 1e-12)
-        # with SGD momentum the penalised channels swing through zero, so what is left is not monotone in the strength
-        # (measured 0.77 / 0.16 / 0.13 / 0.03 left at sparse_reg 0.01 / 0.05 / 0.2 / 0.3 after 3 epochs, 6 steps each)
-        hint = ("; the penalty barely moved them: a larger sparse_reg (0.05-0.3 on a few hundred images) shrinks them"
+        sparse = self.finetune(model, self.save_dir / f"step{step}" / "sparse", self.args.sparse_epochs,
+                               setup=penalty.attach)  # fmt: skip
+        left = masked_norm(model, masks) / max(before, 1e-12)
+        hint = ("; the loss pulled them back: a larger sparse_reg (at most 1) or more sparse_epochs shrinks them"
                 if left > WEAK_LEFT else "")  # fmt: skip
         LOGGER.info(f"{self.prefix}step {step}: {left:.1%} of the removed channels' norm left after "
                     f"sparse_epochs={self.args.sparse_epochs} at sparse_reg={self.args.sparse_reg:g}"
                     f"{hint}")  # fmt: skip
         pruner.remove(cuts)
-        return self.after_cut(pruner, [len(s) - len(c) for s, c in zip(pruner.scores, cuts)], done["ratio"])
+        done = self.after_cut(pruner, [len(s) - len(c) for s, c in zip(pruner.scores, cuts)], done["ratio"])
+        start = self.rows[-1][f"{self.task.metric}_post"]
+        return {**done, "sparse_left": left, "sparse_shock": min(sparse.curve) - start if sparse.curve else float("nan")}

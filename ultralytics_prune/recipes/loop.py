@@ -32,7 +32,7 @@ from ultralytics_prune.measure.report import (
     write_atomic,
 )
 from ultralytics_prune.preflight import check_dataset, check_device, check_disk, check_imgsz
-from ultralytics_prune.recipes.finetune import StepFinetune
+from ultralytics_prune.recipes.finetune import StepFinetune, shock_columns
 from ultralytics_prune.recipes.finetune_state import RESUME_STATE, caller_random_state
 from ultralytics_prune.recipes.run_files import RunFiles
 from ultralytics_prune.run_folder import RunLock, find_resume_dir, new_run_dir, run_args
@@ -138,13 +138,18 @@ class PruneRun(StepFinetune, RunFiles):
         """Swap in the block twins and record the unpruned model as row 0; return the first step."""
         self.swap_twins(self.model)
         self.start_timing(self.model)
-        row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model),
-               **self.map_columns(self.validate(self.model))}  # fmt: skip
+        start = self.validate(self.model)
+        row = {"step": 0, "ratio": 0.0, "removed": 0.0, **self.measure(self.model), **self.map_columns(start),
+               **shock_columns(self.task.metric, start[self.task.metric], [])}  # fmt: skip
         self.record(row)
         return 1
 
     def run_step(self, step: int) -> bool:
-        """Remove, validate, fine-tune, validate, measure, record; False when the stop rule ended the run."""
+        """Remove, validate, fine-tune, validate, measure, record; False when the stop rule ended the run.
+
+        The row holds what the recipe's `remove` returned besides `ratio` and `removed` as columns of its own, and the
+        fine-tune's first-epoch and lowest mAP50-95 with `shock`, that lowest minus the mAP right after the cut.
+        """
         step_dir = self.save_dir / f"step{step}"
         if step_dir.exists() and not any(step_dir.rglob(RESUME_STATE)):  # a step redone from its start after a kill
             shutil.rmtree(step_dir)
@@ -153,11 +158,16 @@ class PruneRun(StepFinetune, RunFiles):
         if self.args.recalibrate:
             recalibrate_batchnorm(self.model, training_images(ultralytics_args(self.args), self.args.recalibrate))
         pre = self.validate(self.model)
-        post = pre
-        if self.args.finetune_epochs > 0 and self.finetune(self.model, step_dir, self.args.finetune_epochs):
-            post = self.validate(self.model)
+        post, curve = pre, []
+        if self.args.finetune_epochs > 0:
+            tuned = self.finetune(self.model, step_dir, self.args.finetune_epochs)
+            curve = tuned.curve
+            if tuned.tuned:
+                post = self.validate(self.model)
+        extra = {k: v for k, v in done.items() if k not in ("ratio", "removed")}  # the recipe's own columns
         row = {"step": step, "ratio": done["ratio"], "removed": done["removed"], **self.measure(self.model),
-               **self.map_columns(pre, post)}  # fmt: skip
+               **self.map_columns(pre, post), **shock_columns(self.task.metric, pre[self.task.metric], curve),
+               **extra}  # fmt: skip
         if self.lost_too_much(row):
             self.model = self.last_good_model(step)
             return False
