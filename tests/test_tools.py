@@ -608,3 +608,15 @@ def test_latency_floor_refuses_an_onnx_file_on_the_line(tmp_path, capsys):
     assert floor_main([str(source), "--line", "0,1"]) == 2
     assert "--line needs the parent (0)" in capsys.readouterr().err
     assert floor_main([str(source), "--line", "0,2"]) == 0, "off the line a model without MACs is only not read"
+
+
+def test_restart_grid_recipes_change_one_thing_from_the_parents_training():
+    from tools.restart_grid import NO_WARMUP, recipes
+
+    table = recipes("AdamW", 0.001, 0.01, epochs=10)
+    continuation = table["parent_10x_final"]
+    assert continuation["optimizer"] == "AdamW" and continuation["lr0"] == pytest.approx(1e-4)
+    assert continuation["lr0"] * continuation["lrf"] == pytest.approx(1e-5), "it ends where the parent ended"
+    assert table["parent_final"]["lr0"] == pytest.approx(1e-5) and table["parent_lr0"]["lr0"] == 0.001
+    assert table["parent_10x_final_mosaic"]["close_mosaic"] == 0 and continuation["close_mosaic"] == 10
+    assert all(table[n].items() >= NO_WARMUP.items() for n in ("sgd_0.01", "parent_lr0", "parent_final"))
