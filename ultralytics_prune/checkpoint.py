@@ -11,7 +11,6 @@ checkpoint format does to parameters (half precision, gradients off).
 
 from __future__ import annotations
 
-import os
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_prune import __version__
 from ultralytics_prune.channels.attention import restore_attention
 from ultralytics_prune.errors import UserError
+from ultralytics_prune.files import atomic_path
 from ultralytics_prune.patches.blocks import TWINS
 from ultralytics_prune.patches.dfl import restore_dfl
 from ultralytics_prune.patches.plain import restore_blocks
@@ -190,11 +190,6 @@ def save_checkpoint(model: nn.Module, file: str | Path, train_args: dict | None 
 def save_atomic(obj, file: str | Path) -> Path:
     """`torch.save` to a temp file renamed over `file`: the file is always whole (or the old one); a failed write
     (a full disk) leaves no temp file behind."""
-    file = Path(file)
-    tmp = file.with_name(f".{file.name}.tmp")
-    try:
+    with atomic_path(file) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return file
+    return Path(file)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from ultralytics.utils import plt_settings
 
+from ultralytics_prune.files import atomic_path
 from ultralytics_prune.measure.gamma import HIST_EDGES
 
 HIST_CENTERS = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
@@ -112,15 +113,12 @@ def _save(fig, file: str | Path) -> Path:
     """Write `fig` to `file` (a temp file, then renamed: a reader never sees half a picture) and close it."""
     import matplotlib.pyplot as plt
 
-    file = Path(file)
-    tmp = file.with_name(f".{file.stem}.tmp{file.suffix}")
     try:
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(file)
+        with atomic_path(file, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return file
+    return Path(file)
 
 
 @plt_settings()

@@ -17,6 +17,7 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
 from ultralytics_prune.channels.graph import example_input
+from ultralytics_prune.files import atomic_path
 from ultralytics_prune.measure.latency import time_interleaved
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.dfl import replace_dfl
@@ -126,29 +127,21 @@ def one_banner() -> Iterator[None]:
 
 def write_atomic(file: str | Path, text: str) -> Path:
     """Write `text` to `file` through a temp file and a rename, so the file is always whole (or the old one)."""
-    file = Path(file)
-    tmp = file.with_name(f".{file.name}.tmp")
-    try:
+    with atomic_path(file) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return file
+    return Path(file)
 
 
 def write_csv(rows: list[dict], file: str | Path) -> Path:
     """Write `rows` to a CSV file, replacing it atomically: every key of any row is a column, in the order first seen,
     and a row without it gets `nan` there."""
-    file = Path(file)
-    tmp = file.with_name(f".{file.name}.tmp")
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(file) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, restval="nan")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    tmp.replace(file)
-    return file
+    return Path(file)
 
 
 def read_csv(file: str | Path) -> list[dict]:

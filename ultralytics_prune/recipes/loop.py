@@ -22,6 +22,7 @@ from ultralytics_prune.channels.calibrate import recalibrate_batchnorm, training
 from ultralytics_prune.channels.graph import hold_modules
 from ultralytics_prune.checkpoint import load_model
 from ultralytics_prune.errors import DiskFull, ExportMismatch, is_disk_full
+from ultralytics_prune.files import atomic_path
 from ultralytics_prune.measure.latency_target import LatencyProbe
 from ultralytics_prune.measure.report import (
     check_onnx,
@@ -85,9 +86,8 @@ class PruneRun(StepFinetune, RunFiles):
             check_disk(self.project, Path(self.args.model), files=4 * self.n_steps + 2)
             self.save_dir = new_run_dir(self.project / (self.args.name or "exp"), self.args.exist_ok)
             self.lock = RunLock(self.save_dir, "starting another run in it (pass another 'name=')")
-            tmp = self.save_dir / ".args.yaml.tmp"
-            YAML.save(tmp, vars(self.args))
-            tmp.replace(self.save_dir / "args.yaml")  # a killed start never leaves a half-written args.yaml
+            with atomic_path(self.save_dir / "args.yaml") as tmp:  # a killed start never leaves half an args.yaml
+                YAML.save(tmp, vars(self.args))
         self.csv = self.save_dir / f"{self.mode}_results.csv"
 
     @property
