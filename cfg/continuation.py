@@ -17,6 +17,7 @@ The keys the user sets win. A checkpoint that records no training (`train_args` 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def read_parent_training(file: str | Path) -> ParentTraining | None:
 
     try:
         ckpt = torch_safe_load(str(path))[0]
-    except (OSError, RuntimeError, ValueError, AttributeError, ModuleNotFoundError):
+    except (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, ImportError,
+            pickle.UnpicklingError):  # fmt: skip
         return None  # the loop's own load says what is wrong with the file
     args = ckpt.get("train_args") or {}
     if not args.get("optimizer") or not args.get("lr0"):

@@ -11,6 +11,7 @@ checkpoint format does to parameters (half precision, gradients off).
 
 from __future__ import annotations
 
+import pickle
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,9 @@ from ultralytics_prune.patches.plain import restore_blocks
 from ultralytics_prune.tasks import task_of
 
 PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
+# what reading a file that is not a whole checkpoint raises (truncated, another format, classes that do not import)
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, ImportError,
+              pickle.UnpicklingError)  # fmt: skip
 
 
 def student_of(model: nn.Module) -> nn.Module:
@@ -103,7 +107,7 @@ def is_pruned_file(file: str | Path) -> bool:
         return False
     try:
         return is_pruned(read_checkpoint(path)[0])
-    except Exception:
+    except UNREADABLE:
         return False
 
 

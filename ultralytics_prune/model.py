@@ -10,7 +10,7 @@ from ultralytics.utils import YAML
 
 from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
 from ultralytics_prune.cfg.continuation import read_parent_training, sparsity_continuation
-from ultralytics_prune.checkpoint import is_pruned, is_pruned_file
+from ultralytics_prune.checkpoint import UNREADABLE, is_pruned, is_pruned_file
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS, SPARSITY_TRAINERS
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
@@ -53,7 +53,7 @@ def resumes_our_training(resume, model) -> bool:
         ckpt = torch_safe_load(str(file))[0]
         model = ckpt.get("ema") or ckpt.get("model")
         train_args = {**(ckpt.get("train_args") or {}), **(getattr(model, "args", None) or {})}
-    except Exception:  # Ultralytics says what is wrong with the file
+    except UNREADABLE:  # Ultralytics says what is wrong with the file
         return False
     return bool(our_keys(train_args))
 

@@ -95,13 +95,13 @@ def sensitivity_ratios(
     Returns:
         (dict[str, float]): Ratio of each layer, by its root's name.
     """
-    if file.exists():
-        return {r["layer"]: float(r["ratio"]) for r in read_csv(file)}
-    base_loss, rows = scan()
-    drops = [r["loss"] - base_loss for r in rows]
-    ratios = allocate_ratios([r["channels"] for r in rows], drops, rate, floor=NOISE_FLOOR * base_loss)
-    rows = [{**r, "drop": d, "ratio": q} for r, d, q in zip(rows, drops, ratios)]
-    write_csv(rows, file)
-    if plot and rows:
-        plot_sensitivity(rows, file.with_suffix(".png"), rate)
-    return {r["layer"]: r["ratio"] for r in rows}
+    if not file.exists():
+        base_loss, rows = scan()
+        drops = [r["loss"] - base_loss for r in rows]
+        ratios = allocate_ratios([r["channels"] for r in rows], drops, rate, floor=NOISE_FLOOR * base_loss)
+        rows = [{**r, "drop": d, "ratio": q} for r, d, q in zip(rows, drops, ratios)]
+        write_csv(rows, file)
+        if plot and rows:
+            plot_sensitivity(rows, file.with_suffix(".png"), rate)
+    # the ratios as saved (6 significant digits), also in the run that scanned: a resumed run reads them from the file
+    return {r["layer"]: float(r["ratio"]) for r in read_csv(file)}

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch.nn as nn
 from ultralytics.utils import LOGGER, TQDM, YAML, colorstr
+from ultralytics.utils.torch_utils import select_device
 
 from ultralytics_prune.cfg import get_prune_cfg, ultralytics_args
 from ultralytics_prune.channels.calibrate import recalibrate_batchnorm, training_images
@@ -117,6 +118,9 @@ class PruneRun(StepFinetune, RunFiles):
         """
         try:
             with caller_random_state(), one_banner():
+                # the CPU thread count every validator and trainer sets (Ultralytics' `select_device`), set before the
+                # first cut: sums over another count of threads round differently, and a resumed run cuts first
+                select_device(self.args.device, verbose=False)
                 start = self.restore() if self.resuming else self.begin()
                 for step in TQDM(range(start, self.n_steps + 1), desc=f"{self.prefix}steps", total=self.n_steps,
                                  initial=start - 1):  # fmt: skip

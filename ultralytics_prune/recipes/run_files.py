@@ -46,9 +46,11 @@ class RunFiles:
         self.save_model(step_dir / "weights" / "step.pt")
 
     def record(self, row: dict) -> None:
-        """Append a row, rewrite the CSV and the plot."""
+        """Append a row, rewrite the CSV and the plot; the rows are then those of the CSV, as a resumed run reads them
+        (rounded to 6 significant digits), so that the steps after compute from the same numbers."""
         self.rows.append(row)
         write_csv(self.rows, self.csv)
+        self.rows = read_csv(self.csv)
         plot_prune_results(self.rows, self.save_dir / f"{self.mode}_results.png", self.task.metric)
 
     def input_model(self) -> nn.Module:
