@@ -243,12 +243,13 @@ def test_reconstruct_end_to_end(synthetic_data, parent, tmp_path, logged):
 
 def test_keys_and_their_mistakes():
     assert "hessian" in IMPORTANCES
-    assert PRUNE_DEFAULTS["sparse_epochs"] == -1 and PRUNE_DEFAULTS["sparse_reg"] > 0
+    assert PRUNE_DEFAULTS["sparse_epochs"] == 0 and 0 < PRUNE_DEFAULTS["sparse_reg"] <= 1
     assert PRUNE_DEFAULTS["reconstruct"] == -1
 
 
 @pytest.mark.parametrize(("keys", "reconstruct"), [
-    ({"mode": "prune", "epochs": 40}, 0),
+    ({"mode": "prune", "epochs": 40}, -1),
+    ({"mode": "prune", "epochs": 40, "sparse_epochs": -1}, 0),
     ({"mode": "prune", "epochs": 2}, -1),
     ({"mode": "prune", "epochs": 0}, -1),
     ({"mode": "prune", "epochs": 40, "sparse_epochs": 0}, -1),
@@ -277,14 +278,14 @@ def test_rebuild_images_within_the_budget():
 
 
 @pytest.mark.parametrize(("keys", "sparse_epochs", "sensitivity"), [
-    ({"mode": "prune", "epochs": 40}, round(40 * SPARSE_SHARE), True),
-    ({"mode": "prune", "epochs": 15}, 2, True),
-    ({"mode": "prune", "epochs": 1}, 0, True),
-    ({"mode": "prune"}, round(PRUNE_DEFAULTS["finetune_epochs"] * SPARSE_SHARE), True),
-    ({"mode": "prune", "epochs": 20, "sparse_epochs": 0}, 0, True),
-    ({"mode": "prune", "epochs": 20, "global_pruning": True}, 2, False),
-    ({"mode": "prune", "epochs": 20, "latency_aware": True}, 2, False),
-    ({"mode": "prune", "epochs": 20, "method": "unstructured"}, 0, False),
+    ({"mode": "prune", "epochs": 40}, 0, True),
+    ({"mode": "prune", "epochs": 40, "sparse_epochs": -1}, round(40 * SPARSE_SHARE), True),
+    ({"mode": "prune", "epochs": 15, "sparse_epochs": -1}, 2, True),
+    ({"mode": "prune", "epochs": 1, "sparse_epochs": -1}, 0, True),
+    ({"mode": "prune", "sparse_epochs": -1}, round(PRUNE_DEFAULTS["finetune_epochs"] * SPARSE_SHARE), True),
+    ({"mode": "prune", "epochs": 20, "global_pruning": True, "sparse_epochs": -1}, 2, False),
+    ({"mode": "prune", "epochs": 20, "latency_aware": True, "sparse_epochs": -1}, 2, False),
+    ({"mode": "prune", "epochs": 20, "method": "unstructured", "sparse_epochs": -1}, 0, False),
     ({"mode": "slim", "epochs": 20}, 0, False),
     ({"mode": "train", "epochs": 20}, 0, False),
 ])  # fmt: skip

@@ -1,8 +1,10 @@
 """Kill a small `yolo prune` and `yolo slim` run with SIGKILL at many moments, resume each, compare the final models.
 
-    python tools/crash_sweep.py --out runs/crash_sweep [--points 10] [--modes prune,slim]
+    python tools/crash_sweep.py --out runs/crash_sweep [--points 10] [--modes prune,speedup,slim]
 
-Each mode runs once uninterrupted while the run folder is watched: its duration and the moment each file first
+The modes run what a user runs, with every key at its default but the few that make a CPU run repeatable and small
+(`KEYS`): `prune` (`yolo prune`: the sensitivity scan, the least-squares rebuild, BatchNorm re-estimation, two steps),
+`speedup` (the same to `speedup=2`, the MACs goal) and `slim` (`yolo slim`). Each mode runs once uninterrupted while the run folder is watched: its duration and the moment each file first
 appears. Then, for each of `--points` moments spread evenly over that duration and for the appearance of every file
 that marks the run's progress (its own files and every checkpoint), a fresh run is killed there (SIGKILL), resumed with `resume=<folder>` (or started again when it was
 killed before its folder held `args.yaml`; nothing is resumed for a run killed after it finished), and its final model is compared with the uninterrupted one, tensor by
@@ -28,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 YOLO = [sys.executable, "-c", "from ultralytics_prune.cli import entrypoint; entrypoint()"]
 # one optimizer step per batch (nbs=batch), so every epoch ends on a step; deterministic CPU, no loader workers
-KEYS = ("imgsz=64 batch=8 nbs=8 workers=0 deterministic=True seed=0 iterative_steps=2 epochs=2 rate=0.4 "
-        "recalibrate=16 plots=False exist_ok=True")  # fmt: skip
+KEYS = "imgsz=64 batch=8 nbs=8 workers=0 deterministic=True seed=0 epochs=2 plots=False exist_ok=True"
+MODES = {"prune": ("prune", []), "speedup": ("prune", ["speedup=2"]), "slim": ("slim", [])}  # name: (yolo mode, keys)
 RESULT = {"prune": "pruned.pt", "slim": "slimmed.pt"}
 POLL = 0.005  # seconds between looks at the run folder
 
@@ -39,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/crash_sweep", help="output folder (data, runs, table)")
     p.add_argument("--points", type=int, default=10, help="kill moments spread evenly over each run")
-    p.add_argument("--modes", default="prune,slim", help="comma-separated: prune, slim")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}")
     p.add_argument("--timeout", type=float, default=600, help="seconds any one run may take")
     return p.parse_args(argv)
 
@@ -104,9 +106,11 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def sweep_mode(mode: str, base: list[str], runs: Path, points: int, timeout: float) -> list[dict]:
-    """Every kill point of one mode: the uninterrupted run, then kill, resume and compare at each point."""
-    whole = runs / f"{mode}-whole"
+def sweep_mode(name: str, base: list[str], runs: Path, points: int, timeout: float) -> list[dict]:
+    """Every kill point of one mode of `MODES`: the uninterrupted run, then kill, resume and compare at each point."""
+    mode, keys = MODES[name]
+    base = [*base, *keys]
+    whole = runs / f"{name}-whole"
     shutil.rmtree(whole, ignore_errors=True)
     duration, appeared = watch([*YOLO, mode, *base, f"name={whole.name}"], whole, timeout)
     expected = final_weights(whole, mode)
@@ -115,7 +119,7 @@ def sweep_mode(mode: str, base: list[str], runs: Path, points: int, timeout: flo
     moments += [(f"at {f}", None, f) for f, _ in sorted(appeared.items(), key=lambda kv: kv[1])]
     rows = []
     for i, (label, at, marker) in enumerate(moments):
-        run = runs / f"{mode}-{i}"
+        run = runs / f"{name}-{i}"
         shutil.rmtree(run, ignore_errors=True)
         command = [*YOLO, mode, *base, f"name={run.name}"]
         t0 = time.monotonic()
@@ -127,16 +131,19 @@ def sweep_mode(mode: str, base: list[str], runs: Path, points: int, timeout: flo
             resumed = subprocess.run(again, capture_output=True, text=True, timeout=timeout)
         ok = resumed.returncode == 0 and (run / "weights" / RESULT[mode]).exists()
         equal = ok and same(final_weights(run, mode), expected)
-        rows.append({"mode": mode, "kill": label, "killed": killed, "resumed": ok, "equal": equal,
+        rows.append({"mode": name, "kill": label, "killed": killed, "resumed": ok, "equal": equal,
                      "seconds": round(time.monotonic() - t0, 1),
                      "error": "" if ok else resumed.stderr.strip().splitlines()[-1:]})  # fmt: skip
-        print(f"{mode:5s} {label:45s} killed={killed!s:5s} resumed={ok!s:5s} equal={equal}", flush=True)
+        print(f"{name:7s} {label:45s} killed={killed!s:5s} resumed={ok!s:5s} equal={equal}", flush=True)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; 0 when every resumed model equals its uninterrupted run."""
     args = parse_args(argv)
+    if unknown := sorted(set(args.modes.split(",")) - set(MODES)):
+        print(f"--modes: unknown {unknown}, choose from {','.join(MODES)}", file=sys.stderr)
+        return 2
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
