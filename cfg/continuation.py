@@ -17,10 +17,11 @@ The keys the user sets win. A checkpoint that records no training (`train_args` 
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ultralytics_prune.files import UNREADABLE
 
 CONTINUE_LR_RISE = 10.0  # a fine-tune starts at this multiple of the learning rate the parent ended at (its lr0 at most)
 AUTO_ITERATIONS = 10_000  # Ultralytics' `optimizer=auto` picks SGD-type optimizers above this many optimizer steps
@@ -60,8 +61,7 @@ def read_parent_training(file: str | Path) -> ParentTraining | None:
 
     try:
         ckpt = torch_safe_load(str(path))[0]
-    except (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, ImportError,
-            pickle.UnpicklingError):  # fmt: skip
+    except UNREADABLE:
         return None  # the loop's own load says what is wrong with the file
     args = ckpt.get("train_args") or {}
     if not args.get("optimizer") or not args.get("lr0"):

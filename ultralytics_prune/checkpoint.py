@@ -11,7 +11,6 @@ checkpoint format does to parameters (half precision, gradients off).
 
 from __future__ import annotations
 
-import pickle
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -26,16 +25,13 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_prune import __version__
 from ultralytics_prune.channels.attention import restore_attention
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.files import atomic_path
+from ultralytics_prune.files import UNREADABLE, atomic_path
 from ultralytics_prune.patches.blocks import TWINS
 from ultralytics_prune.patches.dfl import restore_dfl
 from ultralytics_prune.patches.plain import restore_blocks
 from ultralytics_prune.tasks import task_of
 
 PRUNED_KEY = "pruned"  # the entry of model.yaml that marks a pruned model
-# what reading a file that is not a whole checkpoint raises (truncated, another format, classes that do not import)
-UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, ImportError,
-              pickle.UnpicklingError)  # fmt: skip
 
 
 def student_of(model: nn.Module) -> nn.Module:

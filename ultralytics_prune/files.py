@@ -1,12 +1,17 @@
-"""Writing a file so that a reader (or a run resumed after a kill) only ever sees it whole: the one atomic-write idiom
-every writer of the package uses."""
+"""Files: the one atomic-write idiom every writer of the package uses (a reader, or a run resumed after a kill, only
+ever sees a file whole), and what reading a file that is not a whole checkpoint raises."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# what reading a file that is not a whole checkpoint raises (truncated, another format, classes that do not import)
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, ImportError,
+              pickle.UnpicklingError)  # fmt: skip
 
 
 @contextmanager

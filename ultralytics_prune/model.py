@@ -10,8 +10,9 @@ from ultralytics.utils import YAML
 
 from ultralytics_prune.cfg import PRUNE_DEFAULTS, get_prune_cfg, recipe_overrides
 from ultralytics_prune.cfg.continuation import read_parent_training, sparsity_continuation
-from ultralytics_prune.checkpoint import UNREADABLE, is_pruned, is_pruned_file
+from ultralytics_prune.checkpoint import is_pruned, is_pruned_file
 from ultralytics_prune.errors import UserError
+from ultralytics_prune.files import UNREADABLE
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS, SPARSITY_TRAINERS
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 from ultralytics_prune.recipes.slim import NetworkSlimmer
