@@ -30,7 +30,8 @@ import ultralytics_prune.recipes.depgraph as pruner_module
 from ultralytics_prune import ExportMismatch, UserError, YOLOPrune
 from ultralytics_prune.checkpoint import first_non_finite, load_model, save_checkpoint, to_plain
 from ultralytics_prune.cli import entrypoint
-from ultralytics_prune.measure.report import count_macs_params, read_csv
+from ultralytics_prune.files import read_csv
+from ultralytics_prune.measure.report import count_macs_params
 from ultralytics_prune.model import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]

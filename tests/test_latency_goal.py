@@ -12,7 +12,8 @@ from ultralytics_prune.cfg import get_prune_cfg, recipe_overrides
 from ultralytics_prune.checkpoint import save_checkpoint
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.measure.latency_target import LatencyProbe
-from ultralytics_prune.measure.report import count_macs_params, read_csv
+from ultralytics_prune.files import read_csv
+from ultralytics_prune.measure.report import count_macs_params
 from ultralytics_prune.recipes import latency_goal as latency_goal_module
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 

@@ -25,7 +25,7 @@ from ultralytics_prune.measure.latency_table import (
     read_cached,
     write_cached,
 )
-from ultralytics_prune.measure.report import read_csv
+from ultralytics_prune.files import read_csv
 from ultralytics_prune.recipes import latency_goal as latency_goal_module
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 

@@ -94,7 +94,7 @@ def test_drops_below_the_noise_floor_count_alike(tmp_path):
     floor = NOISE_FLOOR * base
     losses = [base + 0.001 * floor, base + 0.01 * floor, base, base + 100 * floor]
     rows = [{"layer": f"l{i}", "channels": 64, "kept": 32, "loss": loss} for i, loss in enumerate(losses)]
-    ratios = sensitivity_ratios(tmp_path / "sensitivity.csv", RATE, lambda: (base, rows), plot=False)
+    ratios = sensitivity_ratios(tmp_path / "sensitivity.csv", RATE, lambda: (base, rows))
     first, second, unchanged, sensitive = ratios.values()
     assert first == pytest.approx(unchanged, rel=0.02) and second == pytest.approx(unchanged, rel=0.02)
     assert sensitive < 0.02 * unchanged

@@ -17,7 +17,8 @@ from ultralytics_prune.patches.blocks import C2f_v2, replace_blocks
 from ultralytics_prune import YOLOPrune
 from ultralytics_prune.channels.graph import raw_head_outputs
 from ultralytics_prune.channels.slim_select import keep_count, select_channels
-from ultralytics_prune.measure.report import inference_outputs, read_csv
+from ultralytics_prune.files import read_csv
+from ultralytics_prune.measure.report import inference_outputs
 from ultralytics_prune.recipes.slim import slim_model
 
 IMGSZ = 64

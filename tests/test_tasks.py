@@ -24,7 +24,8 @@ from ultralytics_prune.channels.widths import kept_width
 from ultralytics_prune.checkpoint import load_model, save_checkpoint
 from ultralytics_prune.cli import entrypoint
 from ultralytics_prune.errors import UserError
-from ultralytics_prune.measure.report import count_macs_params, read_csv
+from ultralytics_prune.files import read_csv
+from ultralytics_prune.measure.report import count_macs_params
 from ultralytics_prune.recipes.depgraph import DepGraphPruner
 from ultralytics_prune.tasks import TASKS, task_of
 

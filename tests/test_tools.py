@@ -409,7 +409,7 @@ def test_benchmark_continue_row_and_convergence_check(synthetic_data, tmp_path):
     from tools.benchmark import COLUMNS, CONVERGENCE_RISE
     from tools.benchmark import main as benchmark_main
 
-    from ultralytics_prune.measure.report import read_csv
+    from ultralytics_prune.files import read_csv
 
     rising = [0.1 + 0.01 * i for i in range(10)]  # epochs 9-10 best 0.19, epochs 1-8 best 0.17: +2 points
     parent = _parent(tmp_path / "rising", synthetic_data, rising)
@@ -454,7 +454,7 @@ def test_benchmark_flat_parent_no_continue_row_and_int8(synthetic_data, tmp_path
     import onnx
     from tools.benchmark import main as benchmark_main
 
-    from ultralytics_prune.measure.report import read_csv
+    from ultralytics_prune.files import read_csv
 
     flat = [0.1 + 0.01 * i for i in range(8)] + [0.175, 0.172]  # last 2 best 0.175, before 0.17: +0.5 points
     parent = _parent(tmp_path / "flat", synthetic_data, flat)

@@ -9,7 +9,8 @@ from ultralytics.nn.modules.block import DFL
 from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_prune.checkpoint import load_model, pruned_info, save_checkpoint
-from ultralytics_prune.measure.report import count_macs_params, read_csv
+from ultralytics_prune.files import read_csv
+from ultralytics_prune.measure.report import count_macs_params
 from ultralytics_prune.model import run_recipe
 from ultralytics_prune.recipes.weight_sparsity import (
     conv_weights,

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ultralytics_prune.checkpoint import load_model, save_checkpoint
     from ultralytics_prune.measure.plots import plot_latency
-    from ultralytics_prune.measure.report import count_macs_params, export_onnx, write_csv
+    from ultralytics_prune.files import write_csv
+    from ultralytics_prune.measure.report import count_macs_params, export_onnx
 
     args = parse_args(argv)
     missing = [c for c in args.checkpoints if not Path(c).is_file()]

@@ -300,7 +300,7 @@ def finetune_shock(checkpoint: Path) -> dict:
     (`<run>/<mode>_results.csv` for `<run>/weights/<result>.pt`): `first_epoch`, the task's mAP50-95 after the first
     fine-tune epoch of step 1, and `shock`, the lowest of every step's `shock` and `sparse_shock` (a re-learn shows as
     a large negative number). Nothing for a checkpoint that no run of the loop wrote."""
-    from ultralytics_prune.measure.report import read_csv
+    from ultralytics_prune.files import read_csv
 
     run = Path(checkpoint).resolve().parent.parent
     files = sorted(run.glob("*_results.csv"))
@@ -353,7 +353,7 @@ def parent_convergence(checkpoint: str | Path) -> dict:
             line for the top of the table) and, when judged, `column`, `epochs`, `tail_epochs`, `best_before`,
             `best_tail` and `rise`.
     """
-    from ultralytics_prune.measure.report import read_csv
+    from ultralytics_prune.files import read_csv
 
     folder = Path(checkpoint).resolve().parent
     file = (folder.parent if folder.name == "weights" else folder) / "results.csv"
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics.utils import LOGGER
 
     from ultralytics_prune.measure.plots import plot_benchmark
-    from ultralytics_prune.measure.report import write_csv
+    from ultralytics_prune.files import write_csv
 
     convergence = parent_convergence(args.model)
     (LOGGER.info if convergence["converged"] is not False else LOGGER.warning)(f"benchmark: {convergence['message']}")

@@ -58,7 +58,7 @@ def step(name: str, command: list[str], timeout: float, read=None) -> dict:
 
 def last_row(run: Path) -> dict:
     """The last row of a prune run's CSV (MACs, mAP, speed-ups)."""
-    from ultralytics_prune.measure.report import read_csv
+    from ultralytics_prune.files import read_csv
 
     return read_csv(run / "prune_results.csv")[-1]
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    from ultralytics_prune.measure.report import read_csv, write_csv
+    from ultralytics_prune.files import read_csv, write_csv
 
     train_args = torch.load(args.model, map_location="cpu", weights_only=False).get("train_args") or {}
     table = recipes(str(train_args.get("optimizer", "SGD")), float(train_args.get("lr0", 0.01)),

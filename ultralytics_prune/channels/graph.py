@@ -29,7 +29,6 @@ from torch_pruning.pruner.function import BasePruningFunc
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.modules.block import AAttn, Attention
 
-from ultralytics_prune.checkpoint import make_trainable
 from ultralytics_prune.errors import UserError
 from ultralytics_prune.patches.blocks import TWINS, replace_blocks
 
@@ -215,7 +214,8 @@ def trace_settings() -> dict:
 @contextmanager
 def tracing(model: nn.Module) -> Iterator[None]:
     """While active, `model` can be traced: gradients on for every parameter, attention layers opaque."""
-    make_trainable(model)  # Ultralytics checkpoints come with gradients off; tracing needs autograd
+    for p in model.parameters():  # Ultralytics checkpoints come with gradients off; tracing needs autograd
+        p.requires_grad_(True)
     with opaque_attention(model), traced_training_branches(model) as extra, torch.enable_grad():
         model.__dict__[TRAINING_OUTPUTS] = extra
         try:

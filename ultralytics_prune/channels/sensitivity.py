@@ -24,8 +24,7 @@ from ultralytics.utils import TQDM, colorstr
 from ultralytics_prune.channels.calibrate import images_within_budget
 from ultralytics_prune.channels.group_pruner import GroupPruner, channel_masks
 from ultralytics_prune.channels.widths import allocate_ratios, kept_width
-from ultralytics_prune.measure.plots import plot_sensitivity
-from ultralytics_prune.measure.report import read_csv, write_csv
+from ultralytics_prune.files import read_csv, write_csv
 
 # loss rises below this share of the unpruned model's loss count alike: the scan's 64 images measure small drops with
 # about that much noise. Two disjoint sets of 64 images (converged YOLOv8n, hard and large-object sets) gave per-layer
@@ -81,16 +80,13 @@ def scan_sensitivity(
     return rows
 
 
-def sensitivity_ratios(
-    file: Path, rate: float, scan: Callable[[], tuple[float, list[dict]]], plot: bool = True
-) -> dict[str, float]:
+def sensitivity_ratios(file: Path, rate: float, scan: Callable[[], tuple[float, list[dict]]]) -> dict[str, float]:
     """The per-layer ratios of a run: read from `file` when a scan was saved there (resume), else scanned and saved.
 
     Args:
         file (Path): `sensitivity.csv` of the run.
         rate (float): The run's overall ratio.
         scan (Callable): The unpruned model's loss and the rows of `scan_sensitivity` for this run.
-        plot (bool): Also draw `sensitivity.png` beside the CSV.
 
     Returns:
         (dict[str, float]): Ratio of each layer, by its root's name.
@@ -101,7 +97,5 @@ def sensitivity_ratios(
         ratios = allocate_ratios([r["channels"] for r in rows], drops, rate, floor=NOISE_FLOOR * base_loss)
         rows = [{**r, "drop": d, "ratio": q} for r, d, q in zip(rows, drops, ratios)]
         write_csv(rows, file)
-        if plot and rows:
-            plot_sensitivity(rows, file.with_suffix(".png"), rate)
     # the ratios as saved (6 significant digits), also in the run that scanned: a resumed run reads them from the file
     return {r["layer"]: float(r["ratio"]) for r in read_csv(file)}

@@ -43,9 +43,9 @@ from ultralytics.nn.modules.conv import Conv
 from ultralytics.utils import LOGGER, USER_CONFIG_DIR
 
 from ultralytics_prune.channels.graph import is_out_channels
+from ultralytics_prune.files import read_csv, write_csv
 from ultralytics_prune.measure.latency import fused_copy, time_interleaved
 from ultralytics_prune.measure.latency_target import exported
-from ultralytics_prune.measure.report import read_csv, write_csv
 
 SWEEP = (1.0, 0.75, 0.5, 0.25)  # shares of every layer's channels the table is measured at (uniform cuts)
 CACHE_DIR = USER_CONFIG_DIR / "ultralytics-prune" / "latency_tables"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,31 +129,6 @@ def write_atomic(file: str | Path, text: str) -> Path:
     with atomic_path(file) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(file)
-
-
-def write_csv(rows: list[dict], file: str | Path) -> Path:
-    """Write `rows` to a CSV file, replacing it atomically: every key of any row is a column, in the order first seen,
-    and a row without it gets `nan` there."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(file) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, restval="nan")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return Path(file)
-
-
-def read_csv(file: str | Path) -> list[dict]:
-    """Read a CSV written by `write_csv` back into dicts of floats (non-numbers kept as strings)."""
-
-    def parse(v: str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-
-    with open(file, newline="", encoding="utf-8") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def log_summary(mode: str, first: dict, last: dict, metric: str = "mAP50-95") -> str:

@@ -43,8 +43,10 @@ from ultralytics_prune.channels.width_policy import (
     WidthPolicy,
 )
 from ultralytics_prune.channels.widths import step_ratios
+from ultralytics_prune.files import read_csv
 from ultralytics_prune.measure.latency_table import channel_costs
 from ultralytics_prune.measure.macs_model import MacsModel, widths_for_macs
+from ultralytics_prune.measure.plots import plot_sensitivity
 from ultralytics_prune.measure.report import count_macs_params, example_input
 from ultralytics_prune.recipes.group_sparsity import SparseCuts
 from ultralytics_prune.recipes.latency_goal import LatencyGoals
@@ -173,7 +175,12 @@ class DepGraphPruner(LatencyGoals, SparseCuts, PruneRun):
         """Each layer's share of `rate` from the sensitivity scan (run once, or read back), None without the scan."""
         if not self.args.sensitivity or not self.args.rate:
             return None
-        return sensitivity_ratios(self.save_dir / "sensitivity.csv", self.args.rate, self.scan, plot=self.args.plots)
+        file = self.save_dir / "sensitivity.csv"
+        scanning = not file.exists()
+        shares = sensitivity_ratios(file, self.args.rate, self.scan)
+        if scanning and self.args.plots and shares:
+            plot_sensitivity(read_csv(file), file.with_suffix(".png"), self.args.rate)
+        return shares
 
     def max_ratio(self) -> float:
         """The run ratio past which the run's width policy cuts no further (see `SensitivityWidths.top`)."""

@@ -16,7 +16,7 @@ from ultralytics.utils import LOGGER
 
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.checkpoint import first_non_finite, save_checkpoint, student_of
-from ultralytics_prune.measure.report import read_csv
+from ultralytics_prune.files import read_csv
 from ultralytics_prune.patches.trainer import PRUNED_TRAINERS
 from ultralytics_prune.recipes.finetune_state import RESUME_STATE, training_finished
 from ultralytics_prune.recipes.response_distill import ResponseDistillation

@@ -11,8 +11,8 @@ from ultralytics.utils import LOGGER, SETTINGS
 
 from ultralytics_prune.cfg import ultralytics_args
 from ultralytics_prune.checkpoint import load_model, mark_pruned, save_checkpoint
+from ultralytics_prune.files import read_csv, write_csv
 from ultralytics_prune.measure.plots import plot_prune_results
-from ultralytics_prune.measure.report import read_csv, write_csv
 from ultralytics_prune.patches.blocks import replace_blocks
 from ultralytics_prune.patches.dfl import replace_dfl
 

@@ -29,10 +29,10 @@ from ultralytics_prune.channels.graph import (
     twin_halves,
 )
 from ultralytics_prune.channels.slim_select import group_scores, select_tied
-from ultralytics_prune.measure.plots import plot_gamma_before_after
-from ultralytics_prune.measure.report import write_csv
-from ultralytics_prune.recipes.loop import PruneRun
+from ultralytics_prune.files import write_csv
 from ultralytics_prune.measure.gamma import HIST_EDGES, gamma_histogram
+from ultralytics_prune.measure.plots import plot_gamma_before_after
+from ultralytics_prune.recipes.loop import PruneRun
 
 PREFIX = colorstr("slim: ")
 
