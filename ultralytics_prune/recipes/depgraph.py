@@ -6,6 +6,7 @@ What is important (a torch-pruning importance criterion) is kept apart from how 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from copy import deepcopy
 from functools import cached_property
@@ -88,10 +89,13 @@ class DepGraphPruner(LatencyGoals, SparseCuts, PruneRun):
         if self.ledger is not None and self.ledger.reference is not None:  # BatchNorm re-estimated after, not before
             n = self.args.reconstruct if self.args.reconstruct >= 0 else rebuild_images(
                 self.rows[0]["macs_G"] * 1e9, len(self.original_widths), next(self.model.parameters()).device.type)
+            start = time.perf_counter()
             errors = reconstruct_consumers(self.ledger.reference, self.model, self.ledger,
                                            list(training_images(ultralytics_args(self.args), n)),
                                            desc=f"{self.prefix}step {step}: rebuilding")  # fmt: skip
-            LOGGER.info(f"{self.prefix}step {step}: {rebuilt_summary(errors, n)}")
+            seconds = time.perf_counter() - start
+            LOGGER.info(f"{self.prefix}step {step}: {rebuilt_summary(errors, n)} in {seconds:.0f} s ('reconstruct=0' "
+                        f"skips it)")  # fmt: skip
         self.ledger = None
         return done
 
