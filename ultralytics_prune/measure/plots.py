@@ -30,11 +30,13 @@ def plot_prune_results(rows: list[dict], file: str | Path, metric: str = "mAP50-
 
     steps = [int(r["step"]) for r in rows]
     pre, post = [r[f"{metric}_pre"] for r in rows], [r[f"{metric}_post"] for r in rows]
+    lowest = [r.get(f"{metric}_lowest", float("nan")) for r in rows]  # a fine-tune's lowest epoch: a re-learn shows
     speedups = [r.get("speedup", float("nan")) for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.6), tight_layout=True)
     for a, xs, label in ((ax[0], [r["macs_G"] for r in rows], "GMACs"),
                          (ax[1], speedups, "measured speed-up, PyTorch CPU (in turns with the parent)")):  # fmt: skip
         a.plot(xs[1:], pre[1:], "o", mfc="none", color="tab:orange", label=f"{metric} right after the cut")
+        a.plot(xs[1:], lowest[1:], "v", color="tab:red", label=f"{metric} at the fine-tune's lowest epoch")
         a.plot(xs, post, "o-", color="tab:blue", label=f"{metric} after fine-tuning")
         a.plot(xs[:1], post[:1], "*", ms=16, color="black", label="parent")
         for x, y, step in zip(xs, post, steps):
